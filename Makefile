@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first when needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_out
+
+.PHONY: setup demo test test-fast bench clean stack-up stack-down
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when the project's dependency files change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

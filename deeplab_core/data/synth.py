@@ -1,0 +1,238 @@
+"""Synthetic segmentation data written in the exact on-disk layouts of PASCAL VOC 2012 (+SBD)
+and Cityscapes, so that every reader (ours and torchvision's) runs on it as on the real trees.
+
+Scenes are learnable and boundary-sensitive: each class has its own shape, hue, aspect and stripe
+texture; objects span ~5%..60% of the image side over a cluttered, smoothly varying background.
+Everything is a pure function of the seed.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.io import savemat
+
+from .codec import encode_jpeg, encode_png
+from .labels import CITYSCAPES_LABELS, IGNORE_INDEX, VOC
+
+SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "ring", "cross")
+
+
+@dataclass(frozen=True)
+class Appearance:
+    rgb: tuple[float, float, float]
+    shape: str
+    aspect: float
+    period: float
+    angle: float
+
+
+def appearance(class_key: int) -> Appearance:
+    """Class-dependent look: evenly spread saturated hues, one of six shapes, stripe texture."""
+    hue = (class_key * 0.618034) % 1.0
+    rgb = tuple(float(v) for v in _hsv_to_rgb(hue, 0.85, 0.9))
+    return Appearance(rgb=rgb, shape=SHAPES[class_key % len(SHAPES)],
+                      aspect=0.6 + 0.8 * ((class_key * 7) % 5) / 4,
+                      period=4.0 + 3.0 * (class_key % 4), angle=np.pi * ((class_key * 37) % 180) / 180)
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return 255 * np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """u, v in [-1, 1] over the object's box."""
+    if shape == "ellipse":
+        return u * u + v * v <= 1
+    if shape == "rectangle":
+        return (np.abs(u) <= 0.9) & (np.abs(v) <= 0.9)
+    if shape == "triangle":
+        return (v <= 1) & ((v + 1) / 2 >= np.abs(u))
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1
+    if shape == "ring":
+        r2 = u * u + v * v
+        return (r2 <= 1) & (r2 >= 0.3)
+    return ((np.abs(u) < 0.35) | (np.abs(v) < 0.35)) & (np.abs(u) <= 1) & (np.abs(v) <= 1)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Muted, smoothly varying colour field with grey clutter boxes (all labelled background)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    base = rng.uniform(70, 150, size=3)
+    for c in range(3):
+        field = np.zeros((h, w), np.float32)
+        for _ in range(3):
+            fy, fx = rng.uniform(0.3, 3.0, size=2) * 2 * np.pi / np.array([h, w])
+            field += np.sin(fy * yy + fx * xx + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        img[..., c] = base[c] + 12 * field
+    for _ in range(int(rng.integers(8, 25))):
+        bh, bw = (rng.uniform(0.02, 0.12, size=2) * (h, w)).astype(int) + 1
+        y0, x0 = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+        img[y0:y0 + bh, x0:x0 + bw] = rng.uniform(60, 170) + rng.uniform(-15, 15, size=3)
+    return img
+
+
+def _paint_object(rng, img, label, instances, class_key, label_value, instance_value, side):
+    h, w = label.shape
+    look = appearance(class_key)
+    oh = max(3, int(side * np.sqrt(look.aspect)))
+    ow = max(3, int(side / np.sqrt(look.aspect)))
+    oh, ow = min(oh, h), min(ow, w)
+    y0, x0 = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
+    v, u = np.mgrid[-1:1:oh * 1j, -1:1:ow * 1j]
+    mask = _shape_mask(look.shape, u, v)
+    yy, xx = np.mgrid[y0:y0 + oh, x0:x0 + ow]
+    stripes = np.sin(2 * np.pi * (xx * np.cos(look.angle) + yy * np.sin(look.angle)) / look.period) > 0
+    shade = rng.uniform(0.85, 1.1)
+    colour = np.asarray(look.rgb) * shade * (0.7 + 0.3 * stripes[..., None])
+    region = img[y0:y0 + oh, x0:x0 + ow]
+    region[mask] = colour[mask]
+    label[y0:y0 + oh, x0:x0 + ow][mask] = label_value
+    instances[y0:y0 + oh, x0:x0 + ow][mask] = instance_value
+
+
+def void_borders(label: np.ndarray, radius: int) -> np.ndarray:
+    """Mark pixels within `radius` of a label change as 255, like the VOC annotation's void band."""
+    h, w = label.shape
+    padded = np.pad(label, radius, mode="edge")
+    border = np.zeros_like(label, dtype=bool)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            border |= padded[dy:dy + h, dx:dx + w] != label
+    out = label.copy()
+    out[border] = IGNORE_INDEX
+    return out
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int, object_classes, max_objects: int = 4,
+                 bands=None):
+    """Return (image uint8 H×W×3, class map uint8 H×W, instance map int32 H×W).
+
+    `bands`: optional top-to-bottom (class key, fraction) background regions (street scenes);
+    otherwise the background is class 0.
+    """
+    img = _background(rng, height, width)
+    label = np.zeros((height, width), np.uint8)
+    instances = np.zeros((height, width), np.int32)
+    if bands:
+        edge = 0
+        for key, frac in bands:
+            top = edge
+            edge = min(height, top + int(round(frac * height * rng.uniform(0.85, 1.15))))
+            if key == bands[-1][0]:
+                edge = height
+            look = appearance(key)
+            img[top:edge] = 0.6 * img[top:edge] + 0.4 * np.asarray(look.rgb)
+            label[top:edge] = key
+            instances[top:edge] = key
+    short = min(height, width)
+    counts: dict[int, int] = {}
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        key = int(rng.choice(object_classes))
+        side = short * float(np.exp(rng.uniform(np.log(0.05), np.log(0.6))))
+        counts[key] = counts.get(key, 0) + 1
+        _paint_object(rng, img, label, instances, key, key, key * 1000 + counts[key] - 1, side)
+    img += rng.normal(0, 4, size=img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8), label, instances
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def voc_image_ids(n: int, offset: int = 0) -> list[str]:
+    return [f"{2007 + (offset + i) % 6}_{offset + i:06d}" for i in range(n)]
+
+
+def write_voc(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(500, 375),
+              sbd: bool = False, sbd_extra: int | None = None) -> dict:
+    """Write `root/VOCdevkit/VOC2012` (and `root/benchmark_RELEASE` when `sbd`).
+
+    SBD overlaps VOC as the real one does: some SBD images are VOC val images (which the
+    train_aug recipe must drop), some are VOC train images, and `sbd_extra` exist only in SBD.
+    """
+    root = Path(root)
+    voc = root / "VOCdevkit" / "VOC2012"
+    width, height = size
+    train_ids = voc_image_ids(train)
+    val_ids = voc_image_ids(val, offset=train)
+    extra_ids = voc_image_ids(sbd_extra if sbd_extra is not None else train, offset=train + val) if sbd else []
+    labels = {}
+    for idx, image_id in enumerate(train_ids + val_ids + extra_ids):
+        rng = np.random.default_rng([seed, idx])
+        img, label, _ = render_scene(rng, height, width, object_classes=range(1, VOC.num_classes))
+        labels[image_id] = label
+        _write_bytes(voc / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(img))
+        if image_id not in extra_ids:
+            _write_bytes(voc / "SegmentationClass" / f"{image_id}.png",
+                         encode_png(void_borders(label, 2), VOC.flat_palette()))
+        if sbd:
+            _write_bytes(root / "benchmark_RELEASE" / "dataset" / "img" / f"{image_id}.jpg", encode_jpeg(img))
+    sets = voc / "ImageSets" / "Segmentation"
+    for name, ids in (("train", train_ids), ("val", val_ids), ("trainval", train_ids + val_ids)):
+        _write_bytes(sets / f"{name}.txt", "".join(f"{i}\n" for i in ids).encode())
+    layout = {"voc": str(voc), "train": train_ids, "val": val_ids}
+    if sbd:
+        n_extra = len(extra_ids)
+        sbd_train = extra_ids[: (2 * n_extra) // 3] + val_ids[: len(val_ids) // 2] + train_ids[: len(train_ids) // 2]
+        sbd_val = extra_ids[(2 * n_extra) // 3:] + train_ids[len(train_ids) // 2: len(train_ids) // 2 + 2]
+        ds = root / "benchmark_RELEASE" / "dataset"
+        for image_id in sbd_train + sbd_val:
+            label = labels[image_id]  # SBD has no void band around objects
+            buf = io.BytesIO()
+            savemat(buf, {"GTcls": {"Segmentation": label,
+                                    "CategoriesPresent": np.unique(label[label > 0]).astype(np.uint8)}})
+            _write_bytes(ds / "cls" / f"{image_id}.mat", buf.getvalue())
+        for name, ids in (("train", sbd_train), ("val", sbd_val)):
+            _write_bytes(ds / f"{name}.txt", "".join(f"{i}\n" for i in ids).encode())
+        layout.update(sbd_train=sbd_train, sbd_val=sbd_val)
+    return layout
+
+
+CITYSCAPES_CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster")}
+# Street layout: sky, buildings, road top to bottom, and the car bonnet (ego vehicle, void) at the bottom.
+_STREET_BANDS = ((23, 0.3), (11, 0.25), (7, 0.35), (1, 0.1))
+_STREET_OBJECTS = (26, 24, 20, 17, 33, 8, 21, 4, 28)  # car, person, sign, pole, bicycle, sidewalk, vegetation, static, bus
+_CS_COLORS = np.zeros((256, 3), np.uint8)
+for _l in CITYSCAPES_LABELS:
+    _CS_COLORS[_l.id] = _l.color
+
+
+def write_cityscapes(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(2048, 1024)) -> dict:
+    """Write `root/leftImg8bit/{split}/{city}/…_leftImg8bit.png` and the matching gtFine files."""
+    root = Path(root)
+    width, height = size
+    out = {}
+    idx = 0
+    for split, n in (("train", train), ("val", val)):
+        names = []
+        cities = CITYSCAPES_CITIES[split]
+        for i in range(n):
+            city = cities[i % len(cities)]
+            stem = f"{city}_{i:06d}_000019"
+            rng = np.random.default_rng([seed, 10_000 + idx])
+            idx += 1
+            img, label_ids, instances = render_scene(rng, height, width, _STREET_OBJECTS, max_objects=6,
+                                                     bands=_STREET_BANDS)
+            has_inst = {l.id for l in CITYSCAPES_LABELS if l.has_instances}
+            instance_ids = np.where(np.isin(label_ids, list(has_inst)), instances, label_ids).astype(np.uint16)
+            _write_bytes(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", encode_png(img))
+            gt = root / "gtFine" / split / city
+            _write_bytes(gt / f"{stem}_gtFine_labelIds.png", encode_png(label_ids))
+            _write_bytes(gt / f"{stem}_gtFine_color.png", encode_png(_CS_COLORS[label_ids]))
+            _write_bytes(gt / f"{stem}_gtFine_instanceIds.png", encode_png(instance_ids))
+            names.append(stem)
+        out[split] = names
+    return out

@@ -1,0 +1,48 @@
+"""What every pipeline CLI shares: clear one-line errors, stderr progress, the JSON summary line."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from deeplab_core.data.codec import DecodeError
+from deeplab_core.data.layouts import LayoutError
+
+from pipelines.storage import StorageError
+
+# Errors whose message is the whole story for the user: printed on one line, exit 2.
+USER_ERRORS = (LayoutError, StorageError, DecodeError, ValueError, FileNotFoundError)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit_summary(summary: dict) -> None:
+    """The last stdout line of every CLI: one JSON object that schedulers and scripts read."""
+    print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+def run(main, argv=None) -> int:
+    try:
+        return main(argv) or 0
+    except USER_ERRORS as e:
+        log(f"error: {e}")
+        return 2
+
+
+class Progress:
+    """Throttled 'name: done/total ...' lines on stderr for long work."""
+
+    def __init__(self, name: str, total: int, unit: str = "items", every: float = 2.0):
+        self.name, self.total, self.unit, self.every = name, total, unit, every
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, extra: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        pct = 100.0 * done / self.total if self.total else 100.0
+        log(f"{self.name}: {done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f} {self.unit}/s {extra}".rstrip())

@@ -1,0 +1,124 @@
+"""Local paths and s3:// URIs behind one small API (pyarrow filesystems).
+
+The S3 endpoint and credentials come from the standard AWS variables (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, ...), so the same code runs against AWS, MinIO or a local moto_server.
+Every write is atomic: a local file is written beside its target and renamed; an S3 object is sent
+in one PUT from memory, so a failure never leaves a partial object.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from functools import lru_cache
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A URI that cannot be reached or read; the message names it."""
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+@lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    options = dict(region=region, connect_timeout=5, request_timeout=30,
+                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=4))
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**options)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """URI -> (filesystem, path on it)."""
+    uri = str(uri)
+    if is_s3(uri):
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        fs = _s3(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"), region)
+        return fs, uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = str(uri)
+    return posixpath.join(uri, *parts) if is_s3(uri) else os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: not found") from None
+    except OSError as e:
+        raise StorageError(f"{uri}: {e}") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: readers see the old content or the whole new content, never a part."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a whole directory/prefix; missing is fine."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename locally; copy then delete on S3 (each object still appears whole)."""
+    fs, src_path = resolve(src)
+    _, dst_path = resolve(dst)
+    if not is_s3(dst):
+        os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+    fs.move(src_path, dst_path)
+
+
+def list_dirs(uri: str) -> list[str]:
+    """The immediate sub-directories of a directory/prefix, as URIs."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                  if i.type == pafs.FileType.Directory)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Every file below a directory/prefix, recursively, as URIs, sorted."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos
+                  if i.type == pafs.FileType.File and (not suffixes or i.path.lower().endswith(suffixes)))
