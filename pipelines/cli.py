@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -46,3 +47,18 @@ class Progress:
         rate = done / max(now - self.start, 1e-9)
         pct = 100.0 * done / self.total if self.total else 100.0
         log(f"{self.name}: {done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f} {self.unit}/s {extra}".rstrip())
+
+
+def init_ray(min_cpus: float = 0) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local instance. Locally, Ray's logical CPUs are at
+    least `min_cpus` so that training workers and Ray Data tasks can both be scheduled on a small
+    machine (logical CPUs are accounting, not cores)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        # The dashboard stays on: Ray Train V2 watches its runs through the State API it serves.
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))))

@@ -22,9 +22,9 @@ from deeplab_core.data.labels import label_set
 from deeplab_core.data.layouts import DATASETS, find_examples, shard_table
 
 from pipelines import storage
-from pipelines.cli import Progress, emit_summary, log, run
+from pipelines.cli import Progress, emit_summary, init_ray, log, run
+from pipelines.datasets import MANIFEST, read_manifest
 
-MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
 STAGING = "_staging-"
 
@@ -44,11 +44,6 @@ def convert_shard(root: str, examples, target: str, aug_copies: int, seed: int) 
         storage.write_bytes(target, parquet_bytes(table))
     return {"target": target if table is not None else None, "rows": 0 if table is None else table.num_rows,
             "examples": len(examples) - len(errors), "errors": errors}
-
-
-def read_manifest(out: str) -> dict | None:
-    uri = storage.join(out, MANIFEST)
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
 def commit(out: str, splits: dict[str, list[dict]], manifest: dict, errors: list[dict]) -> None:
@@ -84,8 +79,7 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
     log(f"preprocess: {total} examples in {len(jobs)} shards from {root} "
         f"({', '.join(f'{k}={len(v)}' for k, v in examples.items())})")
 
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     task = ray.remote(num_cpus=1, max_retries=2)(convert_shard)
     pending = {task.remote(root, items, target, aug_copies, seed): (split, name) for split, name, items, target in jobs}
     results: dict[str, list[dict]] = {split: [] for split in examples}

@@ -114,11 +114,11 @@ def void_borders(label: np.ndarray, radius: int) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int, object_classes, max_objects: int = 4,
-                 bands=None):
+                 bands=None, scale_range=(0.05, 0.6)):
     """Return (image uint8 H×W×3, class map uint8 H×W, instance map int32 H×W).
 
     `bands`: optional top-to-bottom (class key, fraction) background regions (street scenes);
-    otherwise the background is class 0.
+    otherwise the background is class 0. Object sides are log-uniform in `scale_range` × the short side.
     """
     img = _background(rng, height, width)
     label = np.zeros((height, width), np.uint8)
@@ -138,7 +138,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, object_class
     counts: dict[int, int] = {}
     for _ in range(int(rng.integers(1, max_objects + 1))):
         key = int(rng.choice(object_classes))
-        side = short * float(np.exp(rng.uniform(np.log(0.05), np.log(0.6))))
+        side = short * float(np.exp(rng.uniform(*np.log(scale_range))))
         counts[key] = counts.get(key, 0) + 1
         _paint_object(rng, img, label, instances, key, key, key * 1000 + counts[key] - 1, side)
     img += rng.normal(0, 4, size=img.shape).astype(np.float32)

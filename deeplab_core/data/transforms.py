@@ -26,3 +26,42 @@ def random_scale_flip(rng: np.random.Generator, image: np.ndarray, label: np.nda
     if flipped:
         image, label = flip_pair(image, label)
     return image, label, f"scale={scale:.3f},flip={int(flipped)}"
+
+
+# torchvision's ImageNet statistics: the backbones' weights expect them.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+PAD_RGB = tuple(round(255 * m) for m in MEAN)  # images pad with the mean (zero after normalising)
+
+
+def pad_crop_pair(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, crop: int,
+                  ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to at least crop×crop (image with the mean colour, label with ignore), then a random crop."""
+    h, w = label.shape
+    H, W = max(h, crop), max(w, crop)
+    if (H, W) != (h, w):
+        padded = np.empty((H, W, 3), np.uint8)
+        padded[:] = PAD_RGB
+        padded[:h, :w] = image
+        padded_label = np.full((H, W), ignore_index, np.uint8)
+        padded_label[:h, :w] = label
+        image, label = padded, padded_label
+    y, x = int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
+    return image[y:y + crop, x:x + crop], label[y:y + crop, x:x + crop]
+
+
+def train_sample(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, crop: int,
+                 scale_range=(0.5, 1.5), flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The DeepLab training transform: random rescale, flip, pad with 255 and random crop."""
+    if scale_range != (1.0, 1.0) or flip:
+        image, label, _ = random_scale_flip(rng, image, label, scale_range, flip)
+    return pad_crop_pair(rng, image, label, crop)
+
+
+def normalize(images):
+    """uint8 N×H×W×3 (torch) -> float N×3×H×W normalised with the ImageNet statistics."""
+    import torch
+
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std

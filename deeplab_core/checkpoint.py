@@ -1,0 +1,58 @@
+"""The saved-model format every stage shares: a directory with `model.pt` (the state dict of the
+plain model, never pickled objects) and `model.json` (how to rebuild it). Loading uses
+`torch.load(weights_only=True)`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import MSC, build_model
+
+MODEL_FILE = "model.pt"
+SPEC_FILE = "model.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """DDP and MSC wrappers -> the plain SegmentationModel."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, MSC)):
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model.model
+    return model
+
+
+def save_model(directory: str | os.PathLike, model: nn.Module, spec: dict) -> None:
+    """`spec`: name, num_classes, options (build_model's), msc_scales (or None), and any metadata
+    (dataset, classes, palette) the consumers need."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
+    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+
+
+def read_spec(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / SPEC_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not a saved model (no {SPEC_FILE})") from None
+
+
+def load_model(directory: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild and load a saved model (eval mode). Refuses anything but a weights-only state dict."""
+    spec = read_spec(directory)
+    path = Path(directory) / MODEL_FILE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: model weights missing") from None
+    except Exception as e:
+        raise ValueError(f"{path}: refused, not a weights-only state dict ({type(e).__name__})") from None
+    model = build_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
+    model.load_state_dict(state)
+    if spec.get("msc_scales"):
+        model = MSC(model, spec["msc_scales"])
+    return model.eval(), spec

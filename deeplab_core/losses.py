@@ -1,0 +1,36 @@
+"""Loss and optimiser parameter groups of the DeepLab recipe."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.labels import IGNORE_INDEX
+
+
+def segmentation_loss(outputs, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pixel-wise cross-entropy ignoring 255; summed over a list of outputs (MSC's per-scale and fused
+    logits in training)."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = [outputs]
+    return sum(F.cross_entropy(o, target, ignore_index=ignore_index) for o in outputs)
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """Unwrap DDP and MSC to the SegmentationModel."""
+    while hasattr(model, "module") or hasattr(model, "scales"):
+        model = getattr(model, "module", None) or model.model
+    return model
+
+
+def param_groups(model: nn.Module, base_lr: float, classifier_lr_mult: float = 10.0,
+                 weight_decay: float = 5e-4) -> list[dict]:
+    """Backbone at the base LR, the classifier (everything after the backbone, which starts from
+    random weights) at `classifier_lr_mult`× (10× in DeepLab). Frozen parameters are left out."""
+    inner = _inner(model)
+    head = {id(p) for p in inner.classifier.parameters()}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    classifier = [p for p in model.parameters() if p.requires_grad and id(p) in head]
+    return [{"params": backbone, "lr": base_lr, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": classifier, "lr": base_lr * classifier_lr_mult, "weight_decay": weight_decay,
+             "name": "classifier"}]

@@ -1,0 +1,52 @@
+"""Pictures for MLflow artifacts: confusion matrices, colourised prediction overlays, curves."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deeplab_core.data.codec import decode_image, encode_png  # noqa: E402
+from deeplab_core.inference import predict_probabilities  # noqa: E402
+
+
+def confusion_plot(matrix: np.ndarray, classes: list[str], path: str) -> str:
+    """Row-normalised confusion matrix (rows: ground truth)."""
+    rows = matrix.sum(1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    size = max(4, 0.35 * len(classes))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(im)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def colorize(label: np.ndarray, palette: list) -> np.ndarray:
+    """Train ids -> RGB with the dataset palette; ignore (255) and unknown ids in grey."""
+    table = np.full((256, 3), 128, np.uint8)
+    table[: len(palette)] = np.asarray(palette, np.uint8)
+    return table[label]
+
+
+def overlay_images(model, rows: list[dict], spec: dict, directory: str) -> list[str]:
+    """Image | prediction blended over it, side by side, for a few val rows."""
+    paths = []
+    for row in rows:
+        image = decode_image(row["image"])
+        prediction = predict_probabilities(model, image).argmax(0).astype(np.uint8)
+        blended = (0.5 * image + 0.5 * colorize(prediction, spec["palette"])).astype(np.uint8)
+        path = os.path.join(directory, f"{row['image_id']}.png")
+        with open(path, "wb") as f:
+            f.write(encode_png(np.concatenate([image, blended], axis=1)))
+        paths.append(path)
+    return paths

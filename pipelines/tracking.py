@@ -1,0 +1,88 @@
+"""MLflow: where runs go, run lookup by name, and buffered metric logging.
+
+Tracking URI: `MLFLOW_TRACKING_URI`, else the embedded default, a sqlite store in ./mlruns with
+local artifacts. Metrics are buffered and sent in batches; a tracking server that is down costs a
+warning and a later retry, never the training run.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DIR = "mlruns"
+RUN_NAME_TAG = "deeplab.run_name"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The given URI, else MLFLOW_TRACKING_URI, else the embedded default ./mlruns/mlflow.db."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = Path(DEFAULT_DIR).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def setup(experiment: str, uri: str | None = None) -> str:
+    """Point MLflow at the tracking store and return the experiment id (created when missing)."""
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # Ray workers and child processes use the same store
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # a file store keeps its artifacts beside its database
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        location = (db.parent / "artifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
+def find_run(experiment_id: str, run_name: str) -> str | None:
+    """The run started earlier under this name (so a restarted training run continues it)."""
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                      max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class MetricBuffer:
+    """Collects metrics and sends them in one batch at `flush()` (e.g. after each checkpoint).
+    Failures warn and keep the metrics (bounded) for the next flush."""
+
+    def __init__(self, run_id: str, limit: int = 100_000):
+        self.run_id, self.limit = run_id, limit
+        self.pending: list[Metric] = []
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        del self.pending[: max(0, len(self.pending) - self.limit)]
+
+    def flush(self) -> bool:
+        client = MlflowClient()
+        try:
+            while self.pending:  # MLflow takes 1000 metrics per batch; drop each batch once it is sent
+                client.log_batch(self.run_id, metrics=self.pending[:1000])
+                del self.pending[:1000]
+        except Exception as e:
+            warnings.warn(f"MLflow unreachable, {len(self.pending)} metrics kept for the next flush: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", RuntimeWarning, stacklevel=2)
+            return False
+        return True

@@ -1,0 +1,162 @@
+"""Distributed DeepLab training on Ray Train, fed by Ray Data, tracked in MLflow.
+
+    python pipelines/train.py --config configs/synthetic_tiny.yaml [--set train.iterations=500 ...]
+    ray submit ray_cluster.yaml pipelines/train.py --config configs/voc_resnet101_aspp_l.yaml
+
+Reads the Parquet dataset at data.uri, trains on ray.num_workers DDP workers (gloo on CPU, NCCL on
+GPU), checkpoints to ray.storage_path (local or s3://) and resumes after a lost worker
+(ray.max_failures) or when restarted with the same tracking.run_name. Rank 0 logs to MLflow
+(MLFLOW_TRACKING_URI, else a local sqlite store in ./mlruns). The last stdout line is a JSON summary:
+run_id, checkpoint, model_uri, val_miou.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import ray
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from deeplab_core.checkpoint import load_model
+from deeplab_core.models import model_options
+from pipelines import storage, tracking
+from pipelines.cli import emit_summary, init_ray, log, run
+from pipelines.config import ExperimentConfig, load_config
+from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
+from pipelines.reports import confusion_plot, overlay_images
+from pipelines.training import CONFUSION_FILE, model_spec, train_loop
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """Refuse unknown model options before any worker starts."""
+    valid = set(model_options(cfg.model.name)) - {"backbone_weights", "msc_scales"}
+    bad = sorted(set(cfg.model.options) - valid)
+    if bad:
+        raise ValueError(f"model.options: {', '.join(bad)} not valid for {cfg.model.name}; valid: "
+                         f"{', '.join(sorted(valid))} (weights: model.init_weights; MSC: model.msc)")
+
+
+def start_run(cfg: ExperimentConfig, run_name: str, manifest: dict) -> str:
+    """The MLflow run of this training run: the existing one with the same name (resume), or a new one."""
+    experiment_id = tracking.setup(cfg.tracking.experiment, cfg.tracking.uri)
+    run_id = tracking.find_run(experiment_id, run_name)
+    client = MlflowClient()
+    if run_id:
+        log(f"train: resuming MLflow run {run_id} ({run_name})")
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    manifest_hash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={
+        tracking.RUN_NAME_TAG: run_name, "git_commit": tracking.git_commit(), "ray_version": ray.__version__,
+        "torch_version": torch.__version__, "dataset": manifest["dataset"], "dataset_manifest_sha256": manifest_hash,
+        "model": cfg.model.name}).info.run_id
+    flat = cfg.flat()
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()])
+    return run_id
+
+
+def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val_files: list[str]) -> str:
+    """Log the best checkpoint's model (weights-only files for our loaders, plus an mlflow.pytorch
+    pt2 export), the resolved config, the confusion matrix plot and val overlays; register it."""
+    model, spec = load_model(checkpoint_dir)
+    with mlflow.start_run(run_id=run_id):
+        for name in ("model.pt", "model.json", "config.yaml"):
+            mlflow.log_artifact(os.path.join(checkpoint_dir, name), "deeplab_model")
+        confusion = np.load(os.path.join(checkpoint_dir, CONFUSION_FILE))
+        with tempfile.TemporaryDirectory() as tmp:
+            confusion_plot(confusion, spec["classes"], os.path.join(tmp, "confusion_matrix.png"))
+            mlflow.log_artifact(os.path.join(tmp, "confusion_matrix.png"))
+            rows = read_rows(val_files, limit=cfg.tracking.overlays)
+            for path in overlay_images(model, rows, spec, tmp):
+                mlflow.log_artifact(path, "overlays")
+        example = torch.zeros(1, 3, 64, 64)
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
+                                        registered_model_name=cfg.tracking.register_model)
+    if cfg.tracking.register_model and info.registered_model_version:
+        return f"models:/{cfg.tracking.register_model}/{info.registered_model_version}"
+    return f"runs:/{run_id}/deeplab_model"
+
+
+def train(cfg: ExperimentConfig) -> dict:
+    manifest = load_manifest(cfg.data.uri)
+    train_files = split_files(cfg.data.uri, manifest, cfg.data.train_split)
+    val_files = split_files(cfg.data.uri, manifest, cfg.data.val_split)
+    check_model(cfg)
+    if cfg.ray.use_gpu is False and cfg.model.options.get("bn") == "sync":
+        raise ValueError("model.options.bn=sync needs GPUs (SyncBatchNorm); use bn=plain or frozen on CPU")
+    run_name = cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = start_run(cfg, run_name, manifest)
+    init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
+
+    fs, storage_path = storage.resolve(cfg.ray.storage_path)
+    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})}
+    data_options = DataConfig.default_ingest_options()
+    if cfg.ray.data_cpus:
+        data_options.resource_limits = data_options.resource_limits.copy(cpu=cfg.ray.data_cpus)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "spec": model_spec(cfg, manifest), "run_id": run_id,
+                           "val_files": val_files},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.ray.placement_strategy),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.keep_checkpoints,
+                                                                checkpoint_score_attribute="val_miou",
+                                                                checkpoint_score_order="max")),
+        datasets={"train": train_dataset(train_files, cfg.data.crop_size, cfg.data.scale_range, cfg.data.flip)},
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=data_options),
+    )
+    log(f"train: {cfg.model.name} on {cfg.ray.num_workers} worker(s), {cfg.train.iterations} iterations, "
+        f"run {run_name} (MLflow {run_id})")
+    result = trainer.fit()
+    client = MlflowClient()
+    if result.error:
+        client.set_terminated(run_id, "FAILED")
+        raise RuntimeError(f"training failed: {result.error}")
+    best, metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])
+    with best.as_directory() as directory:
+        model_uri = log_final_model(cfg, run_id, directory, val_files)
+    client.set_terminated(run_id, "FINISHED")
+    prefix = "s3://" if storage.is_s3(cfg.ray.storage_path) else ""
+    return {"run_id": run_id, "run_name": run_name, "checkpoint": prefix + best.path, "model_uri": model_uri,
+            "val_miou": metrics["val_miou"], "iterations": result.metrics["iteration"]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset from configs/ (default: built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.iterations=500 --set ray.num_workers=4 "
+                        "(values parsed as YAML; repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    summary = train(cfg)
+    log(f"train: done, val mIoU {summary['val_miou']:.4f}, model {summary['model_uri']}")
+    emit_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

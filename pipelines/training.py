@@ -1,0 +1,170 @@
+"""The Ray Train worker loop: DDP training of a DeepLab model on its shard of the Ray Data stream.
+
+Every `checkpoint_interval` iterations all ranks evaluate (confusion matrices summed across
+workers), rank 0 writes a checkpoint (model, optimizer, scheduler, iteration, config) and every rank
+reports; rank 0 then sends the metrics buffered since the last checkpoint to MLflow. A worker that
+dies therefore resumes from the last checkpoint with no metric step logged twice or lost.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+import ray.train
+import ray.train.torch
+from deeplab_core.checkpoint import save_model, unwrap
+from deeplab_core.data.codec import decode_image, decode_label
+from deeplab_core.data.transforms import normalize
+from deeplab_core.inference import predict_probabilities
+from deeplab_core.losses import param_groups, segmentation_loss
+from deeplab_core.metrics import ConfusionMatrix
+from deeplab_core.models import build_model
+from deeplab_core.schedules import lr_scheduler
+from pipelines import storage
+from pipelines.config import ExperimentConfig, config_from_dict
+from pipelines.datasets import read_rows
+from pipelines.tracking import MetricBuffer
+
+STATE_FILE = "state.pt"
+CONFUSION_FILE = "confusion.npy"
+
+
+def model_spec(cfg: ExperimentConfig, manifest: dict) -> dict:
+    """What `deeplab_core.checkpoint.load_model` needs to rebuild the model, plus the label set."""
+    return {"name": cfg.model.name, "num_classes": manifest["num_classes"], "options": dict(cfg.model.options),
+            "msc_scales": list(cfg.model.msc_scales) if cfg.model.msc else None, "dataset": manifest["dataset"],
+            "classes": manifest["classes"], "palette": manifest["palette"]}
+
+
+def _initial_model(cfg: ExperimentConfig, spec: dict) -> torch.nn.Module:
+    options = dict(spec["options"])
+    if cfg.model.init_weights:
+        local = Path(tempfile.mkdtemp()) / "backbone.pth"
+        local.write_bytes(storage.read_bytes(cfg.model.init_weights))
+        options["backbone_weights"] = str(local)
+    if spec["msc_scales"]:
+        options["msc_scales"] = tuple(spec["msc_scales"])
+    return build_model(spec["name"], spec["num_classes"], **options)
+
+
+def evaluate(model: torch.nn.Module, rows: list[dict], num_classes: int, device: torch.device) -> ConfusionMatrix:
+    """This rank's val rows at their original resolution; the matrices of all ranks are summed."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    with torch.no_grad():
+        for row in rows:
+            probs = predict_probabilities(model, decode_image(row["image"]), device)
+            cm.update(probs.argmax(0), decode_label(row["label"]))
+    if dist.is_available() and dist.is_initialized():
+        total = torch.from_numpy(cm.matrix).to(device)
+        dist.all_reduce(total)
+        cm = ConfusionMatrix(num_classes, total.cpu().numpy())
+    return cm
+
+
+def _batches(shard, batch_size: int):
+    """Endless stream of batches, epoch after epoch (each epoch re-augments)."""
+    while True:
+        seen = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+            seen += 1
+            yield batch
+        if not seen:
+            raise ValueError(f"the training split yields no full batch of {batch_size} per worker: "
+                             "lower train.batch_size or ray.num_workers")
+
+
+def train_loop(loop_config: dict) -> None:
+    cfg = config_from_dict(loop_config["config"])
+    spec = loop_config["spec"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.ray.torch_threads or max(1, int(cfg.ray.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    use_amp = cfg.train.amp and device.type == "cuda"
+    torch.manual_seed(cfg.train.seed)
+
+    model = ray.train.torch.prepare_model(_initial_model(cfg, spec))
+    groups = param_groups(model, cfg.train.base_lr, cfg.train.classifier_lr_mult, cfg.train.weight_decay)
+    if cfg.train.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.train.base_lr, momentum=cfg.train.momentum)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=cfg.train.base_lr)
+    scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
+                             cfg.train.step_size)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    iteration, best = 0, float("-inf")
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+            unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            iteration, best = state["iteration"], state["best_miou"]
+
+    val_rows = read_rows(loop_config["val_files"], limit=cfg.data.val_max_images)[rank::world]
+    metrics = MetricBuffer(loop_config["run_id"]) if rank == 0 else None
+    stream = _batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size)
+    classes = spec["classes"]
+    losses, waited, window_start = [], 0.0, time.perf_counter()
+    model.train()
+    while iteration < cfg.train.iterations:
+        t0 = time.perf_counter()
+        batch = next(stream)
+        waited += time.perf_counter() - t0
+        x = normalize(batch["image"].to(device, non_blocking=True))
+        y = batch["label"].to(device, non_blocking=True).long()
+        with torch.autocast(device.type, enabled=use_amp):
+            loss = segmentation_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        iteration += 1
+        losses.append(loss.item())
+
+        last = iteration == cfg.train.iterations
+        if metrics and (iteration % cfg.train.log_interval == 0 or last):
+            elapsed = time.perf_counter() - window_start
+            metrics.add({"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+                         "images_per_s": len(losses) * cfg.train.batch_size * world / elapsed,
+                         "data_wait_fraction": waited / elapsed}, iteration)
+        if iteration % cfg.train.log_interval == 0 or last:
+            losses, waited, window_start = [], 0.0, time.perf_counter()
+
+        save = iteration % cfg.train.checkpoint_interval == 0 or last
+        if save or iteration % cfg.train.eval_interval == 0:
+            cm = evaluate(model, val_rows, spec["num_classes"], device)
+            val_miou = cm.miou()
+            best = max(best, val_miou)
+            if metrics:
+                per_class = {f"val_iou_{n.replace(' ', '_')}": v for n, v in zip(classes, cm.iou()) if np.isfinite(v)}
+                metrics.add({"val_miou": val_miou, "val_pixel_accuracy": cm.pixel_accuracy(),
+                             "val_mean_accuracy": cm.mean_accuracy(), **per_class}, iteration)
+            model.train()
+            window_start = time.perf_counter()  # evaluation time is not training throughput
+        if save:
+            with tempfile.TemporaryDirectory() as directory:
+                if rank == 0:
+                    save_model(directory, model, spec)
+                    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                "iteration": iteration, "best_miou": best}, os.path.join(directory, STATE_FILE))
+                    np.save(os.path.join(directory, CONFUSION_FILE), cm.matrix)
+                    Path(directory, "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                ray.train.report({"iteration": iteration, "val_miou": val_miou},
+                                 checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
+                                 checkpoint_dir_name=f"checkpoint_{iteration:08d}")
+            if metrics:
+                metrics.flush()
