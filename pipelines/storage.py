@@ -44,6 +44,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def absolute(uri: str) -> str:
+    """Local paths made absolute (Ray workers run in other directories); s3:// unchanged."""
+    return str(uri) if is_s3(uri) else os.path.abspath(uri)
+
+
 def join(uri: str, *parts: str) -> str:
     uri = str(uri)
     return posixpath.join(uri, *parts) if is_s3(uri) else os.path.join(uri, *parts)

@@ -66,8 +66,8 @@ class MetricBuffer:
     """Collects metrics and sends them in one batch at `flush()` (e.g. after each checkpoint).
     Failures warn and keep the metrics (bounded) for the next flush."""
 
-    def __init__(self, run_id: str, limit: int = 100_000):
-        self.run_id, self.limit = run_id, limit
+    def __init__(self, run_id: str, tracking_uri: str, limit: int = 100_000):
+        self.run_id, self.tracking_uri, self.limit = run_id, tracking_uri, limit
         self.pending: list[Metric] = []
 
     def add(self, metrics: dict[str, float], step: int) -> None:
@@ -75,8 +75,14 @@ class MetricBuffer:
         self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         del self.pending[: max(0, len(self.pending) - self.limit)]
 
+    def tag(self, key: str, value: str) -> None:
+        try:
+            MlflowClient(self.tracking_uri).set_tag(self.run_id, key, value)
+        except Exception as e:
+            warnings.warn(f"MLflow unreachable, tag {key} not set: {type(e).__name__}", RuntimeWarning, stacklevel=2)
+
     def flush(self) -> bool:
-        client = MlflowClient()
+        client = MlflowClient(self.tracking_uri)
         try:
             while self.pending:  # MLflow takes 1000 metrics per batch; drop each batch once it is sent
                 client.log_batch(self.run_id, metrics=self.pending[:1000])

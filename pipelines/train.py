@@ -12,6 +12,7 @@ run_id, checkpoint, model_uri, val_miou.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -89,6 +90,9 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
 
 
 def train(cfg: ExperimentConfig) -> dict:
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, uri=storage.absolute(cfg.data.uri)),
+                              model=dataclasses.replace(cfg.model, init_weights=cfg.model.init_weights and
+                                                        storage.absolute(cfg.model.init_weights)))
     manifest = load_manifest(cfg.data.uri)
     train_files = split_files(cfg.data.uri, manifest, cfg.data.train_split)
     val_files = split_files(cfg.data.uri, manifest, cfg.data.val_split)
@@ -107,7 +111,7 @@ def train(cfg: ExperimentConfig) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "spec": model_spec(cfg, manifest), "run_id": run_id,
-                           "val_files": val_files},
+                           "val_files": val_files, "tracking_uri": mlflow.get_tracking_uri()},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),

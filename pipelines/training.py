@@ -28,6 +28,7 @@ from deeplab_core.metrics import ConfusionMatrix
 from deeplab_core.models import build_model
 from deeplab_core.schedules import lr_scheduler
 from pipelines import storage
+from pipelines.cli import log
 from pipelines.config import ExperimentConfig, config_from_dict
 from pipelines.datasets import read_rows
 from pipelines.tracking import MetricBuffer
@@ -69,6 +70,27 @@ def evaluate(model: torch.nn.Module, rows: list[dict], num_classes: int, device:
     return cm
 
 
+def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or Adam, classifier at `classifier_lr_mult`× the base LR."""
+    groups = param_groups(model, cfg.train.base_lr, cfg.train.classifier_lr_mult, cfg.train.weight_decay)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.train.base_lr, momentum=cfg.train.momentum)
+    return torch.optim.Adam(groups, lr=cfg.train.base_lr)
+
+
+def train_step(model, optimizer, scaler, batch: dict, device: torch.device, use_amp: bool) -> float:
+    """One SGD step on a batch of uint8 crops: normalise, forward (AMP on GPU), loss, backward, step."""
+    x = normalize(batch["image"].to(device, non_blocking=True))
+    y = batch["label"].to(device, non_blocking=True).long()
+    with torch.autocast(device.type, enabled=use_amp):
+        loss = segmentation_loss(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
 def _batches(shard, batch_size: int):
     """Endless stream of batches, epoch after epoch (each epoch re-augments)."""
     while True:
@@ -92,11 +114,7 @@ def train_loop(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
 
     model = ray.train.torch.prepare_model(_initial_model(cfg, spec))
-    groups = param_groups(model, cfg.train.base_lr, cfg.train.classifier_lr_mult, cfg.train.weight_decay)
-    if cfg.train.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.train.base_lr, momentum=cfg.train.momentum)
-    else:
-        optimizer = torch.optim.Adam(groups, lr=cfg.train.base_lr)
+    optimizer = make_optimizer(cfg, model)
     scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
                              cfg.train.step_size)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -113,7 +131,12 @@ def train_loop(loop_config: dict) -> None:
             iteration, best = state["iteration"], state["best_miou"]
 
     val_rows = read_rows(loop_config["val_files"], limit=cfg.data.val_max_images)[rank::world]
-    metrics = MetricBuffer(loop_config["run_id"]) if rank == 0 else None
+    metrics = MetricBuffer(loop_config["run_id"], loop_config["tracking_uri"]) if rank == 0 else None
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if world > 1:
+        dist.all_gather_object(nodes, nodes[0])
+    if metrics is not None:
+        metrics.tag("train_nodes", ",".join(nodes))  # which Ray node each rank ran on
     stream = _batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size)
     classes = spec["classes"]
     losses, waited, window_start = [], 0.0, time.perf_counter()
@@ -122,24 +145,19 @@ def train_loop(loop_config: dict) -> None:
         t0 = time.perf_counter()
         batch = next(stream)
         waited += time.perf_counter() - t0
-        x = normalize(batch["image"].to(device, non_blocking=True))
-        y = batch["label"].to(device, non_blocking=True).long()
-        with torch.autocast(device.type, enabled=use_amp):
-            loss = segmentation_loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        losses.append(train_step(model, optimizer, scaler, batch, device, use_amp))
         scheduler.step()
         iteration += 1
-        losses.append(loss.item())
 
         last = iteration == cfg.train.iterations
-        if metrics and (iteration % cfg.train.log_interval == 0 or last):
+        if metrics is not None and (iteration % cfg.train.log_interval == 0 or last):
             elapsed = time.perf_counter() - window_start
-            metrics.add({"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                         "images_per_s": len(losses) * cfg.train.batch_size * world / elapsed,
-                         "data_wait_fraction": waited / elapsed}, iteration)
+            window = {"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": len(losses) * cfg.train.batch_size * world / elapsed,
+                      "data_wait_fraction": waited / elapsed}
+            metrics.add(window, iteration)
+            log(f"train: iteration {iteration}/{cfg.train.iterations} loss {window['loss']:.4f} "
+                f"{window['images_per_s']:.1f} images/s, data wait {100 * window['data_wait_fraction']:.0f}%")
         if iteration % cfg.train.log_interval == 0 or last:
             losses, waited, window_start = [], 0.0, time.perf_counter()
 
@@ -148,7 +166,8 @@ def train_loop(loop_config: dict) -> None:
             cm = evaluate(model, val_rows, spec["num_classes"], device)
             val_miou = cm.miou()
             best = max(best, val_miou)
-            if metrics:
+            if metrics is not None:
+                log(f"train: iteration {iteration} val mIoU {val_miou:.4f}")
                 per_class = {f"val_iou_{n.replace(' ', '_')}": v for n, v in zip(classes, cm.iou()) if np.isfinite(v)}
                 metrics.add({"val_miou": val_miou, "val_pixel_accuracy": cm.pixel_accuracy(),
                              "val_mean_accuracy": cm.mean_accuracy(), **per_class}, iteration)
@@ -166,5 +185,5 @@ def train_loop(loop_config: dict) -> None:
                 ray.train.report({"iteration": iteration, "val_miou": val_miou},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
                                  checkpoint_dir_name=f"checkpoint_{iteration:08d}")
-            if metrics:
+            if metrics is not None:
                 metrics.flush()

@@ -77,10 +77,10 @@ def s3_client(s3_endpoint):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """A real local Ray instance (2 CPUs). Started after the S3 variables are set so workers inherit them."""
+    """A real local Ray instance (4 logical CPUs on 2 cores). Started after the S3 variables are set so workers inherit them."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, log_to_driver=False)  # logical CPUs: room for Train workers and Ray Data
     yield ray
     ray.shutdown()
 

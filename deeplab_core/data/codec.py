@@ -50,7 +50,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded image -> H×W×3 uint8 RGB."""
     im = open_image(data, max_pixels)
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    return np.array(im if im.mode == "RGB" else im.convert("RGB"))  # a writable copy, as torch wants
 
 
 def decode_label(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -58,7 +58,7 @@ def decode_label(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     im = open_image(data, max_pixels)
     if im.mode not in ("L", "P"):
         raise DecodeError(f"label must be a single-channel or palette PNG, got mode {im.mode}")
-    return np.asarray(im)
+    return np.array(im)
 
 
 def encode_png(array: np.ndarray, palette: list[int] | None = None, compress_level: int = 6) -> bytes:

@@ -1,0 +1,166 @@
+"""Distributed training on the real local stack: Ray Train + Ray Data + MLflow (+ S3, + 2 nodes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from deeplab_core.checkpoint import load_model
+from deeplab_core.data.codec import decode_image, decode_label
+from deeplab_core.data.synth import write_voc
+from deeplab_core.inference import predict_probabilities
+from deeplab_core.metrics import ConfusionMatrix
+from deeplab_core.models import build_model
+from pipelines.config import load_config
+from pipelines.datasets import load_manifest, read_rows, split_files
+from pipelines.preprocess import preprocess
+from pipelines.train import train
+from tests.conftest import BIN, free_port, stop, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "synthetic_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def dataset(ray_local, tmp_path_factory):
+    base = tmp_path_factory.mktemp("train_data")
+    write_voc(base / "raw", train=16, val=6, seed=11, size=(64, 48))
+    preprocess("voc", str(base / "raw"), str(base / "pq"), splits=["train", "val"])
+    return str(base / "pq")
+
+
+def tiny_config(dataset: str, tmp_path: Path, *overrides: str):
+    return load_config(str(TINY), [
+        f"data.uri={dataset}", "data.train_split=train", "data.crop_size=48", f"ray.storage_path={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tracking.experiment=test-train",
+        "tracking.register_model=null", "tracking.overlays=2", "train.batch_size=4", *overrides])
+
+
+def initial_miou(cfg, dataset: str) -> float:
+    """mIoU of the model as every worker builds it before the first step (same seed)."""
+    torch.manual_seed(cfg.train.seed)
+    manifest = load_manifest(dataset)
+    model = build_model(cfg.model.name, manifest["num_classes"], **cfg.model.options).eval()
+    cm = ConfusionMatrix(manifest["num_classes"])
+    for row in read_rows(split_files(dataset, manifest, "val")):
+        cm.update(predict_probabilities(model, decode_image(row["image"])).argmax(0), decode_label(row["label"]))
+    return cm.miou()
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_two_workers_learn_and_mlflow_holds_the_run(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=40", "train.checkpoint_interval=20",
+                      "train.eval_interval=20", "tracking.run_name=two-workers")
+    summary = train(cfg)
+    assert summary["iterations"] == 40 and summary["run_name"] == "two-workers"
+    assert summary["val_miou"] > initial_miou(cfg, dataset) + 0.05
+    uri = cfg.tracking.uri
+    run = MlflowClient(uri).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == cfg.model.name and run.data.params["ray.num_workers"] == "2"
+    assert {"git_commit", "ray_version", "torch_version", "dataset_manifest_sha256"} <= set(run.data.tags)
+    assert len(run.data.tags["train_nodes"].split(",")) == 2
+    assert metric_steps(uri, summary["run_id"], "val_miou") == [20, 40]
+    assert metric_steps(uri, summary["run_id"], "loss") == list(range(10, 41, 10))
+    assert "val_iou_background" in run.data.metrics and "data_wait_fraction" in run.data.metrics
+    mlflow.set_tracking_uri(uri)
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(summary["run_id"], "deeplab_model")}
+    assert {"deeplab_model/model.pt", "deeplab_model/model.json", "deeplab_model/config.yaml"} <= artifacts
+    assert len(MlflowClient(uri).list_artifacts(summary["run_id"], "overlays")) == 2
+    model, spec = load_model(summary["checkpoint"])
+    assert spec["name"] == cfg.model.name and spec["num_classes"] == 21
+    assert summary["model_uri"] == f"runs:/{summary['run_id']}/deeplab_model"
+
+
+def _train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True)
+            if any("RayTrainWorker" in part for part in _cmdline(p))]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=24", "train.checkpoint_interval=4",
+                      "train.eval_interval=4", "train.log_interval=1", "ray.max_failures=1",
+                      "tracking.run_name=fault")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(train(cfg)))
+    thread.start()
+    run_dir = tmp_path / "runs" / "fault"
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint_00000008").exists():
+        assert time.monotonic() < deadline and thread.is_alive(), "second checkpoint never appeared"
+        time.sleep(0.05)
+    assert not (run_dir / "checkpoint_00000024").exists()
+    victims = _train_workers()
+    assert len(victims) == 2
+    victims[-1].kill()  # SIGKILL, as a node or OOM killer would
+    thread.join(600)
+    assert result["iterations"] == 24
+    assert (run_dir / "checkpoint_00000024").exists()
+    steps = metric_steps(cfg.tracking.uri, result["run_id"], "loss")
+    assert steps == list(range(1, 25)), "metric history has a gap or a duplicate step"
+    assert metric_steps(cfg.tracking.uri, result["run_id"], "val_miou") == list(range(4, 25, 4))
+
+
+def test_restarting_a_finished_run_name_resumes_its_mlflow_run(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=4", "train.checkpoint_interval=2",
+                      "train.eval_interval=2", "train.log_interval=1", "tracking.run_name=again")
+    first = train(cfg)
+    more = tiny_config(dataset, tmp_path, "train.iterations=6", "train.checkpoint_interval=2",
+                       "train.eval_interval=2", "train.log_interval=1", "tracking.run_name=again")
+    second = train(more)
+    assert second["run_id"] == first["run_id"] and second["iterations"] == 6
+    assert metric_steps(cfg.tracking.uri, first["run_id"], "loss") == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.iterations=abc"], "train.iterations must be an integer, got 'abc'"),
+    (["model.name=deeplabv9"], "model.name: 'deeplabv9' is not valid; valid: deeplabv2_mobilenetv3_aspp_l"),
+    (["train.lr_policy=cosine"], "train.lr_policy: 'cosine' is not valid; valid: poly, step"),
+    (["train.bogus=1"], "unknown key train.bogus; valid: iterations"),
+    (["model.options={width: 3}"], "model.options: width not valid for deeplabv3plus_mobilenetv3; valid: bn"),
+    (["data.uri=/nonexistent/data"], "/nonexistent/data: no manifest.json"),
+])
+def test_bad_config_is_one_line_before_any_worker(overrides, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.train", "--config", str(TINY),
+                             *[a for o in overrides for a in ("--set", o)]],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Started a local Ray instance" not in result.stderr
+
+
+def test_empty_training_split_is_refused(dataset, tmp_path):
+    manifest = json.loads(Path(dataset, "manifest.json").read_text())
+    manifest["splits"]["train"]["rows"] = 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="split 'train' is empty"):
+        train(tiny_config(str(empty), tmp_path))
+    with pytest.raises(ValueError, match="no split 'nope'; available: train, val"):
+        train(tiny_config(dataset, tmp_path, "data.train_split=nope"))
