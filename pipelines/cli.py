@@ -16,7 +16,9 @@ USER_ERRORS = (LayoutError, StorageError, DecodeError, ValueError, FileNotFoundE
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # Not print(): Ray Train patches print in workers and would echo each line twice.
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def emit_summary(summary: dict) -> None:

@@ -25,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train", type=int, default=60, help="synthetic training images (default 60)")
     p.add_argument("--val", type=int, default=20, help="synthetic validation images (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=5,
+                   help="VOC object classes in the synthetic data (default 5, so a CPU learns them in minutes)")
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic_tiny.yaml"),
                    help="training preset (default configs/synthetic_tiny.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config overrides")
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
                                     *args.set])
     init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)  # room for training and Ray Data
     log(f"demo [1/3] synth: {args.train}+{args.val} synthetic VOC images (+SBD) -> {raw}")
-    write_voc(raw, args.train, args.val, seed=args.seed, size=(160, 120), sbd=True)
+    write_voc(raw, args.train, args.val, seed=args.seed, size=(160, 120), sbd=True, classes=args.classes,
+              scale_range=(0.15, 0.6))
     log(f"demo [2/3] preprocess: Ray tasks -> Parquet shards in {parquet}")
     prep = preprocess("voc", raw, parquet, aug_copies=1, seed=args.seed)
     log(f"demo [3/3] train: {cfg.model.name}, {cfg.train.iterations} iterations on {cfg.ray.num_workers} Ray Train workers")

@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: VOC 500x375, Cityscapes 2048x1024)")
     p.add_argument("--sbd", action="store_true", help="VOC only: also write an SBD benchmark_RELEASE tree")
     p.add_argument("--sbd-extra", type=int, help="VOC only: images only in SBD (default: as many as --train)")
+    p.add_argument("--classes", type=int, default=20, help="VOC only: object classes that appear, 1..20 (default 20)")
+    p.add_argument("--min-scale", type=float, default=0.05,
+                   help="VOC only: smallest object side / image short side (default 0.05; largest is 0.6)")
     return p.parse_args(argv)
 
 
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
         raise ValueError("--train and --val must be >= 0")
     log(f"synth: writing {args.train}+{args.val} {args.dataset} images to {args.out}")
     if args.dataset == "voc":
-        layout = write_voc(args.out, args.train, args.val, args.seed, args.size or (500, 375), args.sbd, args.sbd_extra)
+        layout = write_voc(args.out, args.train, args.val, args.seed, args.size or (500, 375), args.sbd, args.sbd_extra,
+                           args.classes, (args.min_scale, 0.6))
         counts = {"train": len(layout["train"]), "val": len(layout["val"])}
         if args.sbd:
             counts.update(sbd_train=len(layout["sbd_train"]), sbd_val=len(layout["sbd_val"]))

@@ -64,11 +64,16 @@ def git_commit() -> str:
 
 class MetricBuffer:
     """Collects metrics and sends them in one batch at `flush()` (e.g. after each checkpoint).
-    Failures warn and keep the metrics (bounded) for the next flush."""
+    Failures warn and keep the metrics (bounded) for the next flush.
+
+    A step at or below the last one MLflow already holds for a key is never sent again: a run that
+    resumes from a checkpoint older than its last flush recomputes those steps, and logging them
+    twice would corrupt the history."""
 
     def __init__(self, run_id: str, tracking_uri: str, limit: int = 100_000):
         self.run_id, self.tracking_uri, self.limit = run_id, tracking_uri, limit
         self.pending: list[Metric] = []
+        self.logged_until: dict[str, int] = {}
 
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -84,8 +89,15 @@ class MetricBuffer:
     def flush(self) -> bool:
         client = MlflowClient(self.tracking_uri)
         try:
+            for key in {m.key for m in self.pending} - set(self.logged_until):
+                history = client.get_metric_history(self.run_id, key)
+                self.logged_until[key] = max((m.step for m in history), default=-1)
+            self.pending = [m for m in self.pending if m.step > self.logged_until[m.key]]
             while self.pending:  # MLflow takes 1000 metrics per batch; drop each batch once it is sent
-                client.log_batch(self.run_id, metrics=self.pending[:1000])
+                batch = self.pending[:1000]
+                client.log_batch(self.run_id, metrics=batch)
+                for m in batch:
+                    self.logged_until[m.key] = max(self.logged_until[m.key], m.step)
                 del self.pending[:1000]
         except Exception as e:
             warnings.warn(f"MLflow unreachable, {len(self.pending)} metrics kept for the next flush: "

@@ -93,16 +93,19 @@ def train(cfg: ExperimentConfig) -> dict:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, uri=storage.absolute(cfg.data.uri)),
                               model=dataclasses.replace(cfg.model, init_weights=cfg.model.init_weights and
                                                         storage.absolute(cfg.model.init_weights)))
+    check_model(cfg)
+    if not cfg.ray.use_gpu and cfg.model.options.get("bn") == "sync":
+        raise ValueError("model.options.bn=sync needs GPUs (SyncBatchNorm); use bn=plain or frozen on CPU")
     manifest = load_manifest(cfg.data.uri)
     train_files = split_files(cfg.data.uri, manifest, cfg.data.train_split)
     val_files = split_files(cfg.data.uri, manifest, cfg.data.val_split)
-    check_model(cfg)
-    if cfg.ray.use_gpu is False and cfg.model.options.get("bn") == "sync":
-        raise ValueError("model.options.bn=sync needs GPUs (SyncBatchNorm); use bn=plain or frozen on CPU")
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = start_run(cfg, run_name, manifest)
     init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
 
+    samples = cfg.train.iterations * cfg.train.batch_size * cfg.ray.num_workers
+    rows = manifest["splits"][cfg.data.train_split]["rows"]
+    passes = -(-samples // rows) + 1  # +1: drop_last and uneven shards never run the stream dry
     fs, storage_path = storage.resolve(cfg.ray.storage_path)
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})}
     data_options = DataConfig.default_ingest_options()
@@ -120,7 +123,8 @@ def train(cfg: ExperimentConfig) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.keep_checkpoints,
                                                                 checkpoint_score_attribute="val_miou",
                                                                 checkpoint_score_order="max")),
-        datasets={"train": train_dataset(train_files, cfg.data.crop_size, cfg.data.scale_range, cfg.data.flip)},
+        datasets={"train": train_dataset(train_files, cfg.data.crop_size, cfg.data.scale_range, cfg.data.flip,
+                                         passes=passes, seed=cfg.train.seed)},
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=data_options),
     )
     log(f"train: {cfg.model.name} on {cfg.ray.num_workers} worker(s), {cfg.train.iterations} iterations, "

@@ -80,7 +80,7 @@ def ray_local(s3_endpoint):
     """A real local Ray instance (4 logical CPUs on 2 cores). Started after the S3 variables are set so workers inherit them."""
     import ray
 
-    ray.init(num_cpus=4, log_to_driver=False)  # logical CPUs: room for Train workers and Ray Data
+    ray.init(address="local", num_cpus=4, log_to_driver=False)  # logical CPUs: room for Train workers and Ray Data
     yield ray
     ray.shutdown()
 
@@ -90,3 +90,55 @@ def upload_tree(client, local: Path, bucket: str, prefix: str) -> None:
     for path in local.rglob("*"):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint, s3_client, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts in S3 on the local endpoint."""
+    s3_client.create_bucket(Bucket="mlflow-artifacts")
+    work = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    log = open(work / "server.log", "wb")
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+                             "--artifacts-destination", "s3://mlflow-artifacts/", "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, proc=proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture()
+def ray_two_nodes(s3_endpoint, tmp_path):
+    """A local Ray cluster of two nodes (two raylets) on 127.0.0.1; each `ray start --block` process
+    owns its node's daemons and is stopped by its PID."""
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats", "--block"]
+    logs = [open(tmp_path / f"ray_{n}.log", "wb") for n in ("head", "worker")]
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dashboard), *common], stdout=logs[0], stderr=subprocess.STDOUT,
+                            env=env)
+    procs = [head]
+    try:
+        wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=120, proc=head)
+        worker = subprocess.Popen([str(BIN / "ray"), "start", "--address", f"127.0.0.1:{port}", *common],
+                                  stdout=logs[1], stderr=subprocess.STDOUT, env=env)
+        procs.append(worker)
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:  # both raylets registered
+            status = subprocess.run([str(BIN / "ray"), "status", "--address", address], capture_output=True,
+                                    text=True, env=env, timeout=60)
+            if status.stdout.count("node_") >= 2:
+                break
+            assert time.monotonic() < deadline, status.stdout + status.stderr
+            time.sleep(1)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

@@ -157,12 +157,18 @@ def voc_image_ids(n: int, offset: int = 0) -> list[str]:
 
 
 def write_voc(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(500, 375),
-              sbd: bool = False, sbd_extra: int | None = None) -> dict:
+              sbd: bool = False, sbd_extra: int | None = None, classes: int = 20,
+              scale_range=(0.05, 0.6)) -> dict:
     """Write `root/VOCdevkit/VOC2012` (and `root/benchmark_RELEASE` when `sbd`).
+
+    `classes`: how many of VOC's 20 object classes appear (1..classes), `scale_range`: object side
+    relative to the image's short side; both set how hard the data is to learn.
 
     SBD overlaps VOC as the real one does: some SBD images are VOC val images (which the
     train_aug recipe must drop), some are VOC train images, and `sbd_extra` exist only in SBD.
     """
+    if not 1 <= classes < VOC.num_classes:
+        raise ValueError(f"classes must be 1..{VOC.num_classes - 1}, got {classes}")
     root = Path(root)
     voc = root / "VOCdevkit" / "VOC2012"
     width, height = size
@@ -172,7 +178,8 @@ def write_voc(root: str | os.PathLike, train: int, val: int, seed: int = 0, size
     labels = {}
     for idx, image_id in enumerate(train_ids + val_ids + extra_ids):
         rng = np.random.default_rng([seed, idx])
-        img, label, _ = render_scene(rng, height, width, object_classes=range(1, VOC.num_classes))
+        img, label, _ = render_scene(rng, height, width, object_classes=range(1, classes + 1),
+                                     scale_range=scale_range)
         labels[image_id] = label
         _write_bytes(voc / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(img))
         if image_id not in extra_ids:
