@@ -27,6 +27,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
+	$(PY) bench/train.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
