@@ -63,4 +63,6 @@ def init_ray(min_cpus: float = 0) -> None:
         ray.init(log_to_driver=True)
     else:
         # The dashboard stays on: Ray Train V2 watches its runs through the State API it serves.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))))
+        # address="local": never join whatever cluster a `ray start` once recorded in /tmp/ray (it may
+        # be long gone); clusters are joined through RAY_ADDRESS (set by `ray job submit`, or "auto").
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))))
