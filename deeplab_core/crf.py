@@ -59,7 +59,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     unary = -np.log(np.clip(probs, 1e-8, 1.0)).reshape(num_classes, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=np.ascontiguousarray(image),
-                             compat=params.bi_w)
+    # pydensecrf takes a writable C-contiguous buffer; arrays from Ray's object store are read-only.
+    rgbim = image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
+    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=rgbim, compat=params.bi_w)
     q = crf.inference(int(params.iterations))
     return np.asarray(q, dtype=np.float32).reshape(num_classes, height, width)

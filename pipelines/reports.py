@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deeplab_core.data.codec import decode_image, encode_png  # noqa: E402
+from deeplab_core.data.labels import label_set_of  # noqa: E402
 from deeplab_core.inference import predict_probabilities  # noqa: E402
 
 
@@ -31,20 +32,14 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], path: str) -> str:
     return path
 
 
-def colorize(label: np.ndarray, palette: list) -> np.ndarray:
-    """Train ids -> RGB with the dataset palette; ignore (255) and unknown ids in grey."""
-    table = np.full((256, 3), 128, np.uint8)
-    table[: len(palette)] = np.asarray(palette, np.uint8)
-    return table[label]
-
-
 def overlay_images(model, rows: list[dict], spec: dict, directory: str) -> list[str]:
     """Image | prediction blended over it, side by side, for a few val rows."""
+    labels = label_set_of(spec)
     paths = []
     for row in rows:
         image = decode_image(row["image"])
         prediction = predict_probabilities(model, image).argmax(0).astype(np.uint8)
-        blended = (0.5 * image + 0.5 * colorize(prediction, spec["palette"])).astype(np.uint8)
+        blended = labels.blend(image, prediction)
         path = os.path.join(directory, f"{row['image_id']}.png")
         with open(path, "wb") as f:
             f.write(encode_png(np.concatenate([image, blended], axis=1)))

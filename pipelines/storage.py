@@ -118,12 +118,19 @@ def list_dirs(uri: str) -> list[str]:
                   if i.type == pafs.FileType.Directory)
 
 
-def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Every file below a directory/prefix, recursively, as URIs, sorted."""
+def list_file_infos(uri: str, suffixes: tuple[str, ...] = ()) -> list[pafs.FileInfo]:
+    """Every file below a directory/prefix, recursively, sorted by path; `.path` is a URI, with
+    `.size` and `.mtime` (S3: LastModified)."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos
-                  if i.type == pafs.FileType.File and (not suffixes or i.path.lower().endswith(suffixes)))
+    return sorted((pafs.FileInfo(prefix + i.path, i.type, size=i.size, mtime=i.mtime) for i in infos
+                   if i.type == pafs.FileType.File and (not suffixes or i.path.lower().endswith(suffixes))),
+                  key=lambda i: i.path)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Every file below a directory/prefix, recursively, as URIs, sorted."""
+    return [i.path for i in list_file_infos(uri, suffixes)]

@@ -42,6 +42,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"refused as a decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised format)") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes
         raise DecodeError(f"not a readable image ({type(e).__name__}: {e})") from None
     return im

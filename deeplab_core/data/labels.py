@@ -48,6 +48,10 @@ class LabelSet:
         """H×W train ids -> H×W×3 uint8 colours."""
         return np.asarray(self.flat_palette(), dtype=np.uint8).reshape(256, 3)[label]
 
+    def blend(self, image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """The label's colours laid over an H×W×3 uint8 image."""
+        return ((1 - alpha) * image + alpha * self.colorize(label)).astype(np.uint8)
+
     def to_dict(self) -> dict:
         return {"dataset": self.name, "num_classes": self.num_classes, "classes": list(self.classes),
                 "palette": [list(c) for c in self.palette], "ignore_index": self.ignore_index}
@@ -140,6 +144,12 @@ PASCAL_PERSON_PART = LabelSet("pascal_person_part", PERSON_PART_CLASSES,
                               tuple(voc_palette(len(PERSON_PART_CLASSES))))
 
 LABEL_SETS = {ls.name: ls for ls in (VOC, CITYSCAPES, PASCAL_CONTEXT, PASCAL_PERSON_PART)}
+
+
+def label_set_of(spec: dict) -> LabelSet:
+    """The label set a saved model or dataset manifest describes (its own classes and palette)."""
+    return LabelSet(spec["dataset"], tuple(spec["classes"]), tuple(tuple(c) for c in spec["palette"]),
+                    spec.get("ignore_index", IGNORE_INDEX))
 
 
 def label_set(name: str) -> LabelSet:

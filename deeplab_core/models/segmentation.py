@@ -18,12 +18,20 @@ class SegmentationModel(nn.Module):
         self.head_takes_all = head_takes_all
         self.crop = crop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits on the network's own output grid (1/8 or 1/16 of the input for DeepLab; the input
+        grid for FCN), before the final upsampling: batch segmentation ships these, not full-size maps."""
         features = self.backbone(x)
         logits = self.classifier(features if self.head_takes_all else features["out"])
-        if self.crop:
-            logits = logits[..., : size[0], : size[1]]
-        if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits[..., : x.shape[-2], : x.shape[-1]] if self.crop else logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample_logits(self.coarse_logits(x), x.shape[-2:])
+
+
+def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear upsampling to the input size, exactly as the model's own forward does it."""
+    size = tuple(size)
+    if tuple(logits.shape[-2:]) == size:
         return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

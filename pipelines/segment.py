@@ -1,0 +1,229 @@
+"""Batch segmentation of an image folder or bucket with a trained DeepLab model, on Ray Data.
+
+    python pipelines/segment.py --model models:/deeplab-voc/3 --input s3://bucket/images/2026-11-24 \\
+        --output s3://bucket/masks/2026-11-24
+
+Walks --input recursively, and for every new or changed image writes --output/masks/<path>.png
+(palette PNG of train ids), optionally overlays/<path>.jpg, and a summary/part-*.parquet row
+(source, mask URI, size, per-class pixel counts, model, CRF params, per-stage ms, status, error).
+Inputs already processed (same size and modification time, recorded in --output/_manifest/) are
+skipped; --force redoes everything. Unreadable files get an error row; the rest goes on.
+
+Stages: read + decode (CPU tasks) -> model (actor pool, one GPU per actor when the cluster has GPUs)
+-> dense CRF (CPU actor pool) -> write (CPU tasks). Each run is an MLflow run in experiment
+"batch-segmentation". Exit 0 unless the model cannot be loaded or no input could be processed.
+The last stdout line is a JSON summary: images, errors, skipped, output.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import posixpath
+import time
+import warnings
+
+import numpy as np
+
+from deeplab_core.checkpoint import load_model
+from deeplab_core.crf import CRF_PRESETS, CRFParams
+from deeplab_core.data.codec import MAX_PIXELS
+from pipelines import storage, tracking
+from pipelines.cli import Progress, emit_summary, init_ray, log, run
+from pipelines.model_uri import download_model
+from pipelines.segmentation import (LabelStage, ModelStage, commit, mask_path, processed_versions,
+                                    read_and_decode, write_outputs)
+
+EXPERIMENT = "batch-segmentation"
+EXTENSIONS = ".jpg,.jpeg,.png,.bmp,.tif,.tiff,.webp"
+
+
+def crf_params(args, parser) -> dict | None:
+    """--no-crf, else a preset, overridden by an MLflow run's crf.* params, then by --crf KEY=VALUE."""
+    if args.no_crf:
+        return None
+    values = CRF_PRESETS[args.crf_preset].to_dict()
+    if args.crf_run:
+        from mlflow.tracking import MlflowClient
+
+        params = MlflowClient().get_run(args.crf_run).data.params
+        found = {k[len("crf."):]: float(v) for k, v in params.items() if k.startswith("crf.")}
+        if not found:
+            parser.error(f"--crf-run {args.crf_run}: the run has no crf.* params")
+        values.update(found)
+    valid = [f.name for f in dataclasses.fields(CRFParams)]
+    for item in args.crf:
+        key, sep, value = item.partition("=")
+        if not sep or key not in valid:
+            parser.error(f"--crf {item}: expected KEY=VALUE with KEY one of {', '.join(valid)}")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            parser.error(f"--crf {item}: {value!r} is not a number")
+    values["iterations"] = int(values["iterations"])
+    return CRFParams(**values).to_dict()  # validates
+
+
+def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """Every image below the input, with a version (size:mtime) for incremental runs; inputs whose
+    mask path would collide with an earlier one's (a.jpg and a.png) are returned as errors."""
+    if not storage.exists(input_uri):
+        raise storage.StorageError(f"{input_uri}: input not found")
+    root = storage.resolve(input_uri)[1]
+    items, collisions, seen = [], [], {}
+    for info in storage.list_file_infos(input_uri, extensions):
+        relative = posixpath.relpath(storage.resolve(info.path)[1], root).replace(os.sep, "/")
+        item = {"source": info.path, "relative": relative, "version": f"{info.size}:{info.mtime_ns}"}
+        mask = mask_path(relative)
+        if mask in seen:
+            collisions.append({**item, "error": f"mask {mask} already comes from {seen[mask]}"})
+        else:
+            seen[mask] = relative
+            items.append(item)
+    return items, collisions
+
+
+def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_classes: int) -> dict:
+    return {**item, "decode_ms": 0.0, "model_ms": 0.0, "crf_ms": 0.0, "mask_uri": "", "height": 0, "width": 0,
+            "class_pixels": [0] * num_classes, "write_ms": 0.0, "status": "error", "error": error,
+            "model_uri": model_uri, "crf_params": json.dumps(crf, sort_keys=True) if crf else ""}
+
+
+def segment(args, crf: dict | None) -> dict:
+    start = time.perf_counter()
+    output = storage.absolute(args.output)
+    model_dir = download_model(args.model)
+    _, spec = load_model(model_dir)  # fail here, once, with a clear message, not in every actor
+    if args.cityscapes_label_ids and spec.get("dataset") != "cityscapes":
+        raise ValueError(f"--cityscapes-label-ids: model {args.model} predicts {spec.get('dataset')}, not cityscapes")
+    extensions = tuple(e if e.startswith(".") else "." + e for e in args.extensions.lower().split(","))
+    items, collisions = list_inputs(storage.absolute(args.input), extensions)
+    if args.force:
+        for part in ("_manifest", "summary"):
+            storage.delete(storage.join(output, part))
+    done = processed_versions(output)
+    todo = [i for i in items if done.get(i["source"]) != i["version"]]
+    collisions = [c for c in collisions if done.get(c["source"]) != c["version"]]
+    skipped = len(items) - len(todo)
+    log(f"segment: {len(items)} images under {args.input}, {skipped} already processed, {len(todo)} to do")
+
+    rows = [error_row({k: v for k, v in c.items() if k != "error"}, c["error"], args.model, crf,
+                      spec["num_classes"]) for c in collisions]
+    stage_ms = {k: 0.0 for k in ("decode_ms", "model_ms", "crf_ms", "write_ms")}
+    counts = {"ok": 0, "error": len(rows)}
+    if todo:
+        for row in run_graph(args, todo, model_dir, spec, crf, output):
+            rows.append(row)
+            counts[row["status"]] += 1
+            for k in stage_ms:
+                stage_ms[k] += row[k]
+            if row["status"] == "error":
+                log(f"segment: {row['source']}: {row['error']}")
+            if len(rows) >= args.commit_every:
+                commit(output, rows)
+                rows = []
+    if rows:
+        commit(output, rows)
+    elapsed = time.perf_counter() - start
+    done_images = counts["ok"] + counts["error"]
+    summary = {"images": counts["ok"], "errors": counts["error"], "skipped": skipped, "output": args.output,
+               "seconds": round(elapsed, 2), "images_per_s": round(counts["ok"] / elapsed, 3),
+               **{k: round(v / max(1, done_images), 1) for k, v in stage_ms.items()}}
+    log_run(args, crf, summary)
+    return summary
+
+
+def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | None, output: str):
+    """The Ray Data graph; yields one summary row per input as results stream back."""
+    import ray
+
+    init_ray(min_cpus=args.model_actors * args.model_cpus + args.crf_actors + 1)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our Progress lines say it once
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
+    ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels}, batch_size=4, num_cpus=0.5)
+    ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
+        "model_dir": model_dir, "scales": tuple(args.tta_scales), "flip": args.tta_flip, "amp": not args.no_amp,
+        "threads": args.model_cpus}, batch_size=args.batch_size, concurrency=args.model_actors,
+        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
+    ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays},
+                        batch_size=1, concurrency=args.crf_actors if crf else 1, num_cpus=1)
+    ds = ds.map_batches(write_outputs, fn_kwargs={
+        "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
+        "model_uri": args.model, "crf": crf}, batch_size=8, num_cpus=0.5)
+    progress = Progress("segment", len(todo), "images")
+    for done, row in enumerate(ds.iter_rows(), 1):
+        progress.update(done)
+        yield {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}
+
+
+def log_run(args, crf: dict | None, summary: dict) -> None:
+    """One MLflow run per batch job; an unreachable tracking server costs a warning, not the job."""
+    import mlflow
+
+    try:
+        experiment_id = tracking.setup(EXPERIMENT)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"segment-{time.strftime('%Y%m%d-%H%M%S')}"):
+            mlflow.log_params({"model_uri": args.model, "input": args.input, "output": args.output,
+                               "tta_scales": ",".join(map(str, args.tta_scales)), "tta_flip": args.tta_flip,
+                               **({f"crf.{k}": v for k, v in crf.items()} if crf else {"crf": "none"})})
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if k != "output"})
+    except Exception as e:
+        warnings.warn(f"MLflow: batch-segmentation run not logged: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200]}", RuntimeWarning, stacklevel=2)
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    p = argparse.ArgumentParser(prog="segment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (path or s3://), runs:/<run id>[/path], "
+                   "or models:/<name>/<version|latest> / models:/<name>@<alias>")
+    p.add_argument("--input", required=True, help="folder or s3:// prefix of images, walked recursively")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for masks/, overlays/, summary/, _manifest/")
+    p.add_argument("--extensions", default=EXTENSIONS, help=f"image file extensions (default {EXTENSIONS})")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo every image, not only new or changed ones")
+    p.add_argument("--overlays", action="store_true", help="also write colour overlays/<path>.jpg")
+    p.add_argument("--cityscapes-label-ids", action="store_true",
+                   help="write Cityscapes labelIds (for the official evaluation) instead of train ids")
+    crf = p.add_argument_group("CRF (defaults: the released DeepLab ResNet-101 VOC setting)")
+    crf.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    crf.add_argument("--crf-preset", choices=sorted(CRF_PRESETS), default="resnet101_voc")
+    crf.add_argument("--crf-run", metavar="RUN_ID", help="take crf.* params from this MLflow run (e.g. a CRF search)")
+    crf.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one CRF parameter, e.g. --crf bi_w=5 (repeatable)")
+    ray_group = p.add_argument_group("Ray")
+    ray_group.add_argument("--model-actors", type=int, default=1, help="model actors (one GPU each when present)")
+    ray_group.add_argument("--model-cpus", type=int, default=1, help="CPUs (torch threads) per model actor on CPU")
+    ray_group.add_argument("--crf-actors", type=int, default=os.cpu_count() or 1, help="CRF actors, one CPU each")
+    ray_group.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images "
+                           "share one forward pass)")
+    ray_group.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], help="test-time input scales")
+    ray_group.add_argument("--tta-flip", action="store_true", help="average with horizontally flipped input")
+    ray_group.add_argument("--no-amp", action="store_true", help="full precision on GPU")
+    ray_group.add_argument("--commit-every", type=int, default=64,
+                           help="record progress in _manifest/ every N images (a crash redoes at most N)")
+    args = p.parse_args(argv)
+    for name in ("model_actors", "model_cpus", "crf_actors", "batch_size", "commit_every", "max_pixels"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(s <= 0 for s in args.tta_scales):
+        p.error(f"--tta-scales must be positive, got {args.tta_scales}")
+    return args, p
+
+
+def main(argv=None) -> int:
+    args, parser = parse_args(argv)
+    summary = segment(args, crf_params(args, parser))
+    log(f"segment: {summary['images']} images, {summary['errors']} errors, {summary['skipped']} skipped, "
+        f"{summary['images_per_s']} images/s")
+    emit_summary(summary)
+    if summary["images"] == 0 and summary["errors"] > 0:
+        log("segment: error: no input could be processed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,192 @@
+"""The stages of batch segmentation, as Ray Data batch functions and actor classes.
+
+    list -> read + decode (CPU tasks) -> ModelStage (actor pool, GPU when present)
+         -> LabelStage (CPU actor pool: upsample + dense CRF + argmax) -> write_outputs (CPU tasks)
+
+What crosses from the model stage to the CRF stage is the network's coarse output (logits on its
+1/8 or 1/16 grid, `deeplab_core.inference.predict_coarse`), not full-size probabilities: for a
+500×375 VOC image that is 21×47×63 float32 = 0.25 MB instead of 15.8 MB (bench/segment.py prints
+the measured traffic). The CRF stage upsamples exactly as the model's own forward would.
+
+A row that fails at any stage keeps `status="error"` and its reason and flows on untouched, so one
+bad file never stops the batch.
+"""
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from deeplab_core.checkpoint import load_model
+from deeplab_core.crf import CRFParams
+from deeplab_core.data.codec import DecodeError, decode_image, encode_jpeg, encode_png
+from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
+from deeplab_core.inference import label_map, predict_coarse
+from pipelines import storage
+
+MANIFEST_DIR = "_manifest"
+SUMMARY_DIR = "summary"
+EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
+EMPTY_SCORES = np.zeros((0, 0, 0), np.float32)
+
+
+def mask_path(relative: str) -> str:
+    """masks/<relative path without its extension>.png"""
+    return posixpath.join("masks", posixpath.splitext(relative)[0] + ".png")
+
+
+def _ms(start: float) -> float:
+    return 1000.0 * (time.perf_counter() - start)
+
+
+def read_and_decode(batch: dict, max_pixels: int) -> dict:
+    """Ray Data task: read each source's bytes and decode them to H×W×3 uint8."""
+    n = len(batch["source"])
+    images, status, errors, decode_ms = [EMPTY_IMAGE] * n, ["ok"] * n, [""] * n, [0.0] * n
+    for i, source in enumerate(batch["source"]):
+        start = time.perf_counter()
+        try:
+            images[i] = decode_image(storage.read_bytes(source), max_pixels)
+        except (DecodeError, storage.StorageError) as e:
+            status[i], errors[i] = "error", str(e)
+        decode_ms[i] = _ms(start)
+    return {**batch, "image": images, "status": status, "error": errors, "decode_ms": decode_ms}
+
+
+class ModelStage:
+    """Actor: the network on a GPU when the actor has one, else on CPU with `threads` threads.
+    Images of the same size in a batch go through one forward pass."""
+
+    def __init__(self, model_dir: str, scales=(1.0,), flip: bool = False, amp: bool = True, threads: int = 1):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.model, _ = load_model(model_dir, map_location=self.device)
+        self.model.to(self.device)
+        self.scales, self.flip, self.amp = tuple(scales), flip, amp and self.device.type == "cuda"
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["source"])
+        coarse, model_ms = [EMPTY_SCORES] * n, [0.0] * n
+        status, errors = list(batch["status"]), list(batch["error"])
+        groups: dict[tuple, list[int]] = {}
+        for i in range(n):
+            if status[i] == "ok":
+                groups.setdefault(batch["image"][i].shape, []).append(i)
+        for rows in groups.values():
+            start = time.perf_counter()
+            try:
+                scores = predict_coarse(self.model, np.stack([batch["image"][i] for i in rows]), self.device,
+                                        self.scales, self.flip, self.amp)
+            except (RuntimeError, ValueError) as e:  # e.g. out of memory on one huge image
+                for i in rows:
+                    status[i], errors[i] = "error", f"model: {str(e).splitlines()[0][:300]}"
+                continue
+            for k, i in enumerate(rows):
+                coarse[i], model_ms[i] = scores[k], _ms(start) / len(rows)
+        return {**batch, "coarse": coarse, "model_ms": model_ms, "status": status, "error": errors}
+
+
+class LabelStage:
+    """Actor (CPU): coarse scores -> mask, through the dense CRF unless `crf` is None."""
+
+    def __init__(self, crf: dict | None, keep_image: bool):
+        torch.set_num_threads(1)
+        self.crf = CRFParams(**crf) if crf is not None else None
+        self.keep_image = keep_image
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["source"])
+        masks, crf_ms = [np.zeros((0, 0), np.uint8)] * n, [0.0] * n
+        status, errors = list(batch["status"]), list(batch["error"])
+        for i in range(n):
+            if status[i] != "ok":
+                continue
+            start = time.perf_counter()
+            try:
+                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf)
+            except ValueError as e:
+                status[i], errors[i] = "error", f"crf: {e}"
+            crf_ms[i] = _ms(start)
+        out = {k: v for k, v in batch.items() if k != "coarse" and (self.keep_image or k != "image")}
+        return {**out, "mask": masks, "crf_ms": crf_ms, "status": status, "error": errors}
+
+
+def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlays: bool,
+                  model_uri: str, crf: dict | None) -> dict:
+    """Ray Data task: write each mask (and overlay) atomically; return the summary rows."""
+    labels = label_set_of(spec)
+    palette = labels.flat_palette()
+    n = len(batch["source"])
+    status, errors = list(batch["status"]), list(batch["error"])
+    rows = {k: [] for k in ("mask_uri", "height", "width", "class_pixels", "write_ms")}
+    for i in range(n):
+        start = time.perf_counter()
+        mask, uri = batch["mask"][i], ""
+        if status[i] == "ok":
+            uri = storage.join(output, mask_path(batch["relative"][i]))
+            try:
+                png = (encode_png(cityscapes_to_label_ids(mask)) if label_ids else encode_png(mask, palette))
+                storage.write_bytes(uri, png)
+                if overlays:
+                    blended = labels.blend(batch["image"][i], mask)
+                    relative = posixpath.splitext(batch["relative"][i])[0] + ".jpg"
+                    storage.write_bytes(storage.join(output, "overlays", relative), encode_jpeg(blended))
+            except (OSError, storage.StorageError) as e:
+                status[i], errors[i], uri = "error", f"write: {e}", ""
+        rows["mask_uri"].append(uri)
+        rows["height"].append(int(mask.shape[0]) if mask.ndim == 2 else 0)
+        rows["width"].append(int(mask.shape[1]) if mask.ndim == 2 else 0)
+        rows["class_pixels"].append(np.bincount(mask.ravel(), minlength=labels.num_classes).astype(np.int64)
+                                    if uri else np.zeros(labels.num_classes, np.int64))
+        rows["write_ms"].append(_ms(start))
+    keep = ("source", "relative", "version", "decode_ms", "model_ms", "crf_ms")
+    return {**{k: batch[k] for k in keep}, **rows, "status": status, "error": errors,
+            "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n}
+
+
+# --- the output's record of processed inputs --------------------------------------------------------
+
+def _read_parts(uri: str) -> list[tuple[str, pa.Table]]:
+    parts = []
+    for path in storage.list_files(uri, (".parquet",)):
+        fs, p = storage.resolve(path)
+        parts.append((posixpath.basename(p), pq.read_table(p, filesystem=fs)))
+    return parts
+
+
+def processed_versions(output: str) -> dict[str, str]:
+    """source -> the version (size:mtime) a committed run processed, from `_manifest/`. First removes
+    summary parts whose manifest part was never written (a run that died between the two writes),
+    so a rerun never duplicates summary rows."""
+    manifest = _read_parts(storage.join(output, MANIFEST_DIR))
+    committed = {name for name, _ in manifest}
+    for path in storage.list_files(storage.join(output, SUMMARY_DIR), (".parquet",)):
+        if posixpath.basename(path) not in committed:
+            storage.delete(path)
+    done: dict[str, str] = {}
+    for _, table in sorted(manifest, key=lambda p: p[0]):  # part names sort by time: newest wins
+        done.update(zip(table.column("source").to_pylist(), table.column("version").to_pylist()))
+    return done
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def commit(output: str, rows: list[dict]) -> None:
+    """Append one part to `summary/`, then the same inputs to `_manifest/` (the commit point)."""
+    name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    summary = pa.Table.from_pylist(rows)
+    storage.write_bytes(storage.join(output, SUMMARY_DIR, name), _parquet_bytes(summary))
+    storage.write_bytes(storage.join(output, MANIFEST_DIR, name),
+                        _parquet_bytes(summary.select(["source", "version", "status", "mask_uri"])))

@@ -1,0 +1,243 @@
+"""Batch segmentation on a real local Ray instance: local folders and S3 on moto_server, bad files,
+equality with deeplab_core called directly, incremental reruns, a killed run, MLflow model URIs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from deeplab_core.checkpoint import load_model, save_model
+from deeplab_core.crf import CRFParams, dense_crf
+from deeplab_core.data.codec import decode_image
+from deeplab_core.data.labels import VOC
+from deeplab_core.data.synth import write_voc
+from deeplab_core.inference import predict_probabilities
+from deeplab_core.models import build_model
+from pipelines import segment
+from pipelines.tracking import setup as tracking_setup
+from pipelines.model_uri import download_model
+from tests.conftest import upload_tree
+
+BIG_SIDE = 200  # the over-large planted image is 200×200; --max-pixels sits below it
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    model = build_model("deeplabv3plus_mobilenetv3", VOC.num_classes, width_mult=0.5)
+    classifier = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # untrained logits are near-constant; spread them so masks show several classes
+        classifier.weight.normal_(0, 30)
+    directory = tmp_path_factory.mktemp("model") / "checkpoint_00000100"
+    save_model(directory, model, {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes,
+                                  "options": {"width_mult": 0.5}, "msc_scales": None, **VOC.to_dict()})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """8 synthetic VOC JPEGs (160×120) in two sub-folders, plus four bad files."""
+    raw = tmp_path_factory.mktemp("raw")
+    write_voc(raw, train=6, val=2, seed=5, size=(160, 120), classes=5)
+    root = tmp_path_factory.mktemp("bucket")
+    for i, jpg in enumerate(sorted((raw / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))):
+        target = root / ("day1" if i % 2 else "day2") / jpg.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(jpg, target)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.png").write_text("not an image\n")
+    (bad / "truncated.jpg").write_bytes(next(root.glob("day1/*.jpg")).read_bytes()[:300])
+    Image.new("RGB", (BIG_SIDE, BIG_SIDE), (9, 9, 9)).save(bad / "huge.png")
+    return root
+
+
+GOOD, BAD = 8, 4
+
+
+def run_segment(capsys, *args: str) -> tuple[int, dict]:
+    code = segment.main(list(args))
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def summary_rows(output) -> list[dict]:
+    from pipelines import storage
+
+    fs, path = storage.resolve(str(output))
+    return pq.read_table(f"{path}/summary", filesystem=fs).to_pylist()
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.mark.parametrize("crf", [True, False], ids=["crf", "no-crf"])
+def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, model_dir, images, tracking, crf):
+    out = tmp_path / "out"
+    args = ["--model", str(model_dir), "--input", str(images), "--output", str(out), "--batch-size", "1",
+            "--max-pixels", str(BIG_SIDE * BIG_SIDE - 1), "--overlays"] + ([] if crf else ["--no-crf"])
+    code, summary = run_segment(capsys, *args)
+    assert code == 0
+    assert summary == {**summary, "images": GOOD, "errors": BAD, "skipped": 0, "output": str(out)}
+
+    rows = {Path(r["source"]).name: r for r in summary_rows(out)}
+    assert len(rows) == GOOD + BAD
+    reasons = {name: rows[name]["error"] for name in ("empty.jpg", "notes.png", "truncated.jpg", "huge.png")}
+    assert reasons["empty.jpg"] == "empty file"
+    assert "not an image" in reasons["notes.png"]
+    assert "not a readable image" in reasons["truncated.jpg"]
+    assert f"{BIG_SIDE}x{BIG_SIDE} exceeds" in reasons["huge.png"]
+    assert all(rows[n]["status"] == "error" and not rows[n]["mask_uri"] for n in reasons)
+
+    model, _ = load_model(model_dir)
+    classes_seen = set()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the model actor (--model-cpus 1): convolutions round by thread count
+    for source in sorted(images.glob("day*/*.jpg")):
+        row = rows[source.name]
+        assert row["status"] == "ok" and row["mask_uri"] == str(out / "masks" / source.parent.name / f"{source.stem}.png")
+        mask_image = Image.open(row["mask_uri"])
+        assert mask_image.mode == "P"
+        mask = np.array(mask_image)
+        image = decode_image(source.read_bytes())
+        probs = predict_probabilities(model, image)  # the model's own forward, softmaxed
+        expected = (dense_crf(image, probs, CRFParams()) if crf else probs).argmax(0)
+        np.testing.assert_array_equal(mask, expected)
+        assert row["class_pixels"] == np.bincount(mask.ravel(), minlength=VOC.num_classes).tolist()
+        assert (row["height"], row["width"]) == image.shape[:2]
+        assert (out / "overlays" / source.parent.name / f"{source.stem}.jpg").is_file()
+        assert (row["crf_ms"] > 0) and row["model_ms"] > 0 and json.loads(row["crf_params"] or "null") == (
+            CRFParams().to_dict() if crf else None)
+        classes_seen |= set(np.unique(mask).tolist())
+    torch.set_num_threads(threads)
+    assert len(classes_seen) >= 2, "a constant mask would make the equality check meaningless"
+
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("batch-segmentation").experiment_id])
+    assert runs[0].data.metrics["images"] == GOOD and runs[0].data.metrics["errors"] == BAD
+    assert runs[0].data.params["model_uri"] == str(model_dir)
+
+
+def test_incremental_reruns_and_force(ray_local, capsys, tmp_path, model_dir, images, tracking):
+    work = tmp_path / "in"
+    shutil.copytree(images / "day1", work / "day1")
+    out = tmp_path / "out"
+    base = ["--model", str(model_dir), "--input", str(work), "--output", str(out), "--no-crf"]
+    assert run_segment(capsys, *base)[1]["images"] == 4
+    code, summary = run_segment(capsys, *base)
+    assert (code, summary["images"], summary["skipped"], summary["errors"]) == (0, 0, 4, 0)
+    for name in sorted(os.listdir(images / "day2"))[:2]:
+        shutil.copy(images / "day2" / name, work / name)
+    code, summary = run_segment(capsys, *base)
+    assert (code, summary["images"], summary["skipped"]) == (0, 2, 4)
+    # a changed file is redone
+    changed = next((work / "day1").iterdir())
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert run_segment(capsys, *base)[1]["images"] == 1
+    code, summary = run_segment(capsys, *base, "--force")
+    assert (summary["images"], summary["skipped"]) == (6, 0)
+    assert len(summary_rows(out)) == 6  # --force starts the record afresh
+
+
+def test_s3_bucket_with_s3_model(ray_local, capsys, s3_client, model_dir, images, tracking):
+    upload_tree(s3_client, images, "nightly", "images/2026-11-24")
+    upload_tree(s3_client, model_dir, "models", "voc/checkpoint_00000100")
+    out = "s3://nightly/masks/2026-11-24"
+    code, summary = run_segment(capsys, "--model", "s3://models/voc/checkpoint_00000100", "--input",
+                                "s3://nightly/images/2026-11-24", "--output", out, "--crf-actors", "2")
+    # huge.png is under the default pixel limit: it is segmented here
+    assert code == 0 and (summary["images"], summary["errors"], summary["skipped"]) == (GOOD + 1, BAD - 1, 0)
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket="nightly", Prefix="masks/")["Contents"]}
+    for source in images.glob("day*/*.jpg"):
+        assert f"masks/2026-11-24/masks/{source.parent.name}/{source.stem}.png" in keys
+    assert not any(".tmp" in k for k in keys)
+    assert {r["status"] for r in summary_rows(out)} == {"ok", "error"}
+    assert run_segment(capsys, "--model", "s3://models/voc/checkpoint_00000100", "--input",
+                       "s3://nightly/images/2026-11-24", "--output", out)[1]["skipped"] == GOOD + BAD
+
+
+def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
+    mlflow.set_experiment(experiment_id=tracking_setup("segment-models"))
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), "deeplab_model")
+    client = MlflowClient()
+    client.create_registered_model("voc-seg")
+    version = client.create_model_version("voc-seg", f"{run.info.artifact_uri}/deeplab_model", run.info.run_id).version
+    for uri in (f"runs:/{run.info.run_id}", f"runs:/{run.info.run_id}/deeplab_model",
+                f"models:/voc-seg/{version}", "models:/voc-seg/latest"):
+        model, spec = load_model(download_model(uri, str(tmp_path / uri.replace(":", "").replace("/", "_"))))
+        assert spec["num_classes"] == VOC.num_classes, uri
+    for bad, words in ((str(tmp_path / "nowhere"), "not a saved model"), ("models:/nope/1", "cannot be fetched")):
+        with pytest.raises(ValueError, match=words):
+            download_model(bad)
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, model_dir, images):
+    cases = [(["--model", str(tmp_path), "--input", str(images), "--output", str(tmp_path / "o")], "not a saved model"),
+             (["--model", str(model_dir), "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
+              "input not found"),
+             (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--crf", "bogus=1"],
+              "KEY one of bi_w"),
+             (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"),
+               "--cityscapes-label-ids"], "not cityscapes")]
+    for argv, words in cases:
+        proc = subprocess.run([sys.executable, "-m", "pipelines.segment", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, images):
+    work = tmp_path / "in"
+    for k in range(4):  # 32 images
+        for source in images.glob("day*/*.jpg"):
+            target = work / f"copy{k}" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    out = tmp_path / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": ""}
+    argv = [sys.executable, "-m", "pipelines.segment", "--model", str(model_dir), "--input", str(work),
+            "--output", str(out), "--commit-every", "4", "--crf-actors", "1", "--batch-size", "1"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "_manifest").glob("*.parquet")):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first commit"
+        time.sleep(0.2)
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in family:  # Ray's own daemons, wherever they went
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    done_before = sum(pq.read_table(p).num_rows for p in (out / "_manifest").glob("*.parquet"))
+    assert 0 < done_before < 32
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["images"] + summary["skipped"] == 32 and summary["skipped"] >= done_before
+    rows = summary_rows(out)
+    assert sorted(r["source"] for r in rows) == sorted(str(p) for p in work.rglob("*.jpg"))  # once each
+    masks = sorted(out.rglob("masks/**/*.png"))
+    assert len(masks) == 32 and not list(out.rglob("*.tmp-*"))
