@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test test-fast bench clean stack-up stack-down
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/train.py
 	$(PY) bench/models.py
+	$(PY) bench/segment.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) ablation_out .pytest_cache

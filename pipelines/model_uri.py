@@ -15,7 +15,7 @@ from pipelines import storage
 MODEL_ARTIFACT = "deeplab_model"
 
 
-def _registry_run_uri(model_uri: str) -> str:
+def _registry_version(model_uri: str):
     from mlflow.tracking import MlflowClient
 
     ref = model_uri[len("models:/"):]
@@ -32,7 +32,16 @@ def _registry_run_uri(model_uri: str) -> str:
             version = max(versions, key=lambda v: int(v.version))
         else:
             version = client.get_model_version(name, number)
-    return f"runs:/{version.run_id}/{MODEL_ARTIFACT}"
+    return version
+
+
+def model_run_id(model_uri: str) -> str | None:
+    """The MLflow run a model URI comes from (runs:/, models:/), else None."""
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].strip("/").split("/")[0]
+    if model_uri.startswith("models:/"):
+        return _registry_version(model_uri).run_id
+    return None
 
 
 def download_model(model_uri: str, directory: str | None = None) -> str:
@@ -42,7 +51,8 @@ def download_model(model_uri: str, directory: str | None = None) -> str:
         if model_uri.startswith(("models:/", "runs:/")):
             import mlflow
 
-            uri = _registry_run_uri(model_uri) if model_uri.startswith("models:/") else model_uri
+            uri = (f"runs:/{model_run_id(model_uri)}/{MODEL_ARTIFACT}" if model_uri.startswith("models:/")
+                   else model_uri)
             if uri.rstrip("/").count("/") == 1:  # runs:/<id>
                 uri = f"{uri.rstrip('/')}/{MODEL_ARTIFACT}"
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri,

@@ -32,6 +32,22 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], path: str) -> str:
     return path
 
 
+def trimap_plot(curves: dict[str, dict[int, float | None]], path: str) -> str:
+    """mIoU within bands around object boundaries against the band width (DeepLab Fig. 10)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        widths = [int(w) for w, v in curve.items() if v is not None]
+        ax.plot(widths, [100 * curve[w] for w in curve if curve[w] is not None], marker=".", label=name)
+    ax.set_xlabel("trimap band width (pixels)")
+    ax.set_ylabel("mean IoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def overlay_images(model, rows: list[dict], spec: dict, directory: str) -> list[str]:
     """Image | prediction blended over it, side by side, for a few val rows."""
     labels = label_set_of(spec)

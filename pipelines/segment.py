@@ -44,13 +44,17 @@ def crf_params(args, parser) -> dict | None:
     if args.no_crf:
         return None
     values = CRF_PRESETS[args.crf_preset].to_dict()
-    if args.crf_run:
+    if args.crf_params:
         from mlflow.tracking import MlflowClient
 
-        params = MlflowClient().get_run(args.crf_run).data.params
+        run_id = args.crf_params.removeprefix("runs:/").strip("/")
+        try:
+            params = MlflowClient().get_run(run_id).data.params
+        except Exception as e:
+            raise ValueError(f"--crf-params {args.crf_params}: cannot read the run: {str(e).splitlines()[0][:200]}") from None
         found = {k[len("crf."):]: float(v) for k, v in params.items() if k.startswith("crf.")}
         if not found:
-            parser.error(f"--crf-run {args.crf_run}: the run has no crf.* params")
+            raise ValueError(f"--crf-params {args.crf_params}: the run has no crf.* params")
         values.update(found)
     valid = [f.name for f in dataclasses.fields(CRFParams)]
     for item in args.crf:
@@ -63,6 +67,16 @@ def crf_params(args, parser) -> dict | None:
             parser.error(f"--crf {item}: {value!r} is not a number")
     values["iterations"] = int(values["iterations"])
     return CRFParams(**values).to_dict()  # validates
+
+
+def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
+    crf = parser.add_argument_group("CRF (defaults: the released DeepLab ResNet-101 VOC setting)")
+    crf.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    crf.add_argument("--crf-preset", choices=sorted(CRF_PRESETS), default="resnet101_voc")
+    crf.add_argument("--crf-params", metavar="runs:/RUN_ID",
+                     help="take the crf.* params of this MLflow run (e.g. the best of a CRF search)")
+    crf.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one CRF parameter, e.g. --crf bi_w=5 (repeatable)")
 
 
 def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
@@ -187,12 +201,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--overlays", action="store_true", help="also write colour overlays/<path>.jpg")
     p.add_argument("--cityscapes-label-ids", action="store_true",
                    help="write Cityscapes labelIds (for the official evaluation) instead of train ids")
-    crf = p.add_argument_group("CRF (defaults: the released DeepLab ResNet-101 VOC setting)")
-    crf.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
-    crf.add_argument("--crf-preset", choices=sorted(CRF_PRESETS), default="resnet101_voc")
-    crf.add_argument("--crf-run", metavar="RUN_ID", help="take crf.* params from this MLflow run (e.g. a CRF search)")
-    crf.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one CRF parameter, e.g. --crf bi_w=5 (repeatable)")
+    add_crf_arguments(p)
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--model-actors", type=int, default=1, help="model actors (one GPU each when present)")
     ray_group.add_argument("--model-cpus", type=int, default=1, help="CPUs (torch threads) per model actor on CPU")

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from deeplab_core.checkpoint import load_model, save_model
-from deeplab_core.crf import CRFParams, dense_crf
+from deeplab_core.crf import CRF_PRESETS, CRFParams, dense_crf
 from deeplab_core.data.codec import decode_image
 from deeplab_core.data.labels import VOC
 from deeplab_core.data.synth import write_voc
@@ -241,3 +241,19 @@ def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, im
     assert sorted(r["source"] for r in rows) == sorted(str(p) for p in work.rglob("*.jpg"))  # once each
     masks = sorted(out.rglob("masks/**/*.png"))
     assert len(masks) == 32 and not list(out.rglob("*.tmp-*"))
+
+
+def test_crf_params_from_preset_run_and_flags(tracking):
+    with mlflow.start_run(experiment_id=tracking_setup("crf-search")) as run:
+        mlflow.log_params({"crf.bi_w": 5.0, "crf.bi_rgb_std": 4.0, "crf.iterations": 5, "other": "x"})
+    args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--crf-preset",
+                                       "vgg16_largefov_voc", "--crf-params", f"runs:/{run.info.run_id}",
+                                       "--crf", "pos_w=2"])
+    assert segment.crf_params(args, parser) == {**CRFParams(**{**CRF_PRESETS["vgg16_largefov_voc"].to_dict(),
+                                                             "bi_w": 5.0, "bi_rgb_std": 4.0, "iterations": 5,
+                                                             "pos_w": 2.0}).to_dict()}
+    args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--crf-params", "runs:/nope"])
+    with pytest.raises(ValueError, match="--crf-params runs:/nope: cannot read the run"):
+        segment.crf_params(args, parser)
+    args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--no-crf"])
+    assert segment.crf_params(args, parser) is None
