@@ -66,3 +66,14 @@ def init_ray(min_cpus: float = 0) -> None:
         # address="local": never join whatever cluster a `ray start` once recorded in /tmp/ray (it may
         # be long gone); clusters are joined through RAY_ADDRESS (set by `ray job submit`, or "auto").
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))))
+
+
+def fit_actors(wanted: int, reserved: float, name: str) -> int:
+    """At most as many one-CPU actors as the cluster's CPUs leave after `reserved`, and at least one:
+    an actor pool that takes every CPU starves the tasks that feed it."""
+    import ray
+
+    room = max(1, int(ray.cluster_resources().get("CPU", 1) - reserved))
+    if wanted > room:
+        log(f"{name}: {wanted} actors requested, the cluster has room for {room}; using {room}")
+    return min(wanted, room)

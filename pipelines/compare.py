@@ -52,7 +52,7 @@ def _percent(value) -> str:
 def run_row(r) -> dict:
     p, m = r.data.params, r.data.metrics
     scale, flip = p.get("data.scale_range", ""), p.get("data.flip", "")
-    augmentation = ", ".join(x for x in (f"scale {scale}" if scale and scale != "[1.0, 1.0]" else "",
+    augmentation = ", ".join(x for x in (f"scale {scale}" if scale not in ("", "[1.0, 1.0]", "(1.0, 1.0)") else "",
                                          "flip" if flip == "True" else "") if x)
     return {"run": r.info.run_name or r.info.run_id, **model_columns(p.get("model.name", "?")),
             "MSC": "yes" if p.get("model.msc") == "True" else "",
@@ -136,13 +136,13 @@ def log_comparison(experiment: str, rows: list[dict]) -> str | None:
 def compare(experiment: str, fmt: str = "md", out: str | None = None, log_run: bool = True) -> dict:
     mlflow.set_tracking_uri(tracking.tracking_uri())
     rows = experiment_rows(experiment)
+    run_id = log_comparison(experiment, rows) if log_run else None  # first: MLflow may print a run link
     table = render(rows, fmt)
     if out:
         with open(out, "w") as f:
             f.write(table)
     else:
         print(table, flush=True)
-    run_id = log_comparison(experiment, rows) if log_run else None
     return {"experiment": experiment, "runs": len(rows), "comparison_run_id": run_id,
             "rows": [{k: r[k] for k in ("run", "run_id", "miou", "miou_crf")} for r in rows]}
 

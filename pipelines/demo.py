@@ -59,7 +59,9 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, [f"data.uri={parquet}", f"ray.storage_path={os.path.join(args.workdir, 'runs')}",
                                     f"tracking.uri=sqlite:///{os.path.abspath(args.workdir)}/mlruns/mlflow.db",
                                     *args.set])
-    init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)  # room for training and Ray Data
+    # Logical CPUs (accounting, not cores): room for training + Ray Data, and for a model actor, two
+    # CRF actors and the read/write tasks of segmentation.
+    init_ray(min_cpus=max(cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1, 5))
     log("demo [1/5] synthetic data and preprocessing")
     raw, parquet, prep = synthetic_voc(args.workdir, args.train, args.val, args.seed, args.classes)
     log(f"demo [2/5] train: {cfg.model.name}, {cfg.train.iterations} iterations on {cfg.ray.num_workers} Ray Train workers")

@@ -33,7 +33,7 @@ from deeplab_core.data.layouts import find_examples, load_label
 from deeplab_core.evaluation import SegmentationScores
 from deeplab_core.inference import label_map, predict_coarse
 from pipelines import storage, tracking
-from pipelines.cli import Progress, emit_summary, init_ray, log, run
+from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.datasets import load_manifest, split_files
 from pipelines.model_uri import download_model, model_run_id
 from pipelines.reports import trimap_plot
@@ -87,7 +87,7 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
         ds = ds.limit(args.limit)
     total = min(args.limit or manifest["splits"][args.split]["rows"], manifest["splits"][args.split]["rows"])
     ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf}, batch_size=4,
-                        concurrency=args.actors, num_cpus=1)
+                        concurrency=fit_actors(args.actors, 1, "evaluate"), num_cpus=1)
     before = after = SegmentationScores(spec["num_classes"])
     progress, done = Progress("evaluate", total, "images"), 0
     for row in ds.iter_rows():

@@ -30,7 +30,7 @@ from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import CRF_PRESETS, CRFParams
 from deeplab_core.data.codec import MAX_PIXELS
 from pipelines import storage, tracking
-from pipelines.cli import Progress, emit_summary, init_ray, log, run
+from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.model_uri import download_model
 from pipelines.segmentation import (LabelStage, ModelStage, commit, mask_path, processed_versions,
                                     read_and_decode, write_outputs)
@@ -155,6 +155,8 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
     init_ray(min_cpus=args.model_actors * args.model_cpus + args.crf_actors + 1)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our Progress lines say it once
     gpus = ray.cluster_resources().get("GPU", 0) > 0
+    crf_actors = fit_actors(args.crf_actors if crf else 1, (0 if gpus else args.model_actors * args.model_cpus) + 1,
+                            "segment: CRF")
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels}, batch_size=4, num_cpus=0.5)
     ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
@@ -162,7 +164,7 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
         "threads": args.model_cpus}, batch_size=args.batch_size, concurrency=args.model_actors,
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
     ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays},
-                        batch_size=1, concurrency=args.crf_actors if crf else 1, num_cpus=1)
+                        batch_size=1, concurrency=crf_actors, num_cpus=1)
     ds = ds.map_batches(write_outputs, fn_kwargs={
         "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
         "model_uri": args.model, "crf": crf}, batch_size=8, num_cpus=0.5)
