@@ -142,3 +142,14 @@ def ray_two_nodes(s3_endpoint, tmp_path):
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store for one test, through MLFLOW_TRACKING_URI as the CLIs read it."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri

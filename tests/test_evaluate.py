@@ -26,14 +26,6 @@ from pipelines.segmentation import write_outputs
 from pipelines.tracking import setup as tracking_setup
 
 
-@pytest.fixture()
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
 def last_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 

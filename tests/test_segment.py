@@ -82,14 +82,6 @@ def summary_rows(output) -> list[dict]:
     return pq.read_table(f"{path}/summary", filesystem=fs).to_pylist()
 
 
-@pytest.fixture()
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
 @pytest.mark.parametrize("crf", [True, False], ids=["crf", "no-crf"])
 def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, model_dir, images, tracking, crf):
     out = tmp_path / "out"
