@@ -83,7 +83,7 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
                 mlflow.log_artifact(path, "overlays")
         example = torch.zeros(1, 3, 64, 64)
         info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
-                                        registered_model_name=cfg.tracking.register_model)
+                                        registered_model_name=cfg.tracking.register_model or None)
     if cfg.tracking.register_model and info.registered_model_version:
         return f"models:/{cfg.tracking.register_model}/{info.registered_model_version}"
     return f"runs:/{run_id}/deeplab_model"
