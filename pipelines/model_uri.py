@@ -63,7 +63,7 @@ def download_model(model_uri: str, directory: str | None = None) -> str:
                 with open(os.path.join(local, name), "wb") as f:
                     f.write(storage.read_bytes(storage.join(model_uri, name)))
         else:
-            local = model_uri
+            local = storage.absolute(model_uri)  # Ray workers run in other directories
     except ValueError:
         raise
     except Exception as e:  # MLflow, network and storage errors: the first line says it
