@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -30,6 +30,16 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/models.py
 	$(PY) bench/segment.py
+
+# The real stack on this machine (Ray head + worker, MLflow server, S3 endpoint), all on 127.0.0.1.
+stack-up: $(STAMP)
+	$(PY) -m infra.local_stack up
+
+stack-down: $(STAMP)
+	$(PY) -m infra.local_stack down
+
+stack-status: $(STAMP)
+	$(PY) -m infra.local_stack status
 
 clean:
 	rm -rf $(DEMO_DIR) ablation_out .pytest_cache

@@ -14,8 +14,15 @@ from deeplab_core.models import MODELS
 from deeplab_core.schedules import LR_POLICIES
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and the valid choices."""
+    """A config that cannot be used; the message names the key and the valid choices, on one line
+    (user text in it has its line breaks escaped)."""
+
+    def __init__(self, message: str):
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def choices(*values):
@@ -205,6 +212,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Experimen
     then validate everything into an ExperimentConfig."""
     data: dict = {}
     if path:
+        if not Path(path).is_absolute() and not Path(path).exists() and (PROJECT_ROOT / path).exists():
+            path = str(PROJECT_ROOT / path)  # `ray submit` runs scripts from the home directory
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:

@@ -67,6 +67,7 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
                shard_size: int = 32) -> dict:
     if aug_copies < 0 or shard_size < 1:
         raise ValueError("--aug-copies must be >= 0 and --shard-size >= 1")
+    storage.check_writable(out)
     fs, root_path = storage.resolve(root)
     examples = find_examples(fs, root_path, dataset, splits)
     staging = storage.join(out, f"{STAGING}{uuid.uuid4().hex[:12]}")

@@ -81,21 +81,25 @@ def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
 
 def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     """Every image below the input, with a version (size:mtime) for incremental runs; inputs whose
-    mask path would collide with an earlier one's (a.jpg and a.png) are returned as errors."""
+    mask path would collide with an earlier one's (a.jpg and a.png) or leave the output (a key with
+    `..`) are returned as errors."""
     if not storage.exists(input_uri):
         raise storage.StorageError(f"{input_uri}: input not found")
     root = storage.resolve(input_uri)[1]
-    items, collisions, seen = [], [], {}
+    items, refused, seen = [], [], {}
     for info in storage.list_file_infos(input_uri, extensions):
         relative = posixpath.relpath(storage.resolve(info.path)[1], root).replace(os.sep, "/")
         item = {"source": info.path, "relative": relative, "version": f"{info.size}:{info.mtime_ns}"}
         mask = mask_path(relative)
-        if mask in seen:
-            collisions.append({**item, "error": f"mask {mask} already comes from {seen[mask]}"})
+        if relative.startswith("../") or posixpath.isabs(relative):
+            # An S3 key may hold `..`: its mask would land outside --output.
+            refused.append({**item, "error": f"key {relative!r} points outside the input prefix; not written"})
+        elif mask in seen:
+            refused.append({**item, "error": f"mask {mask} already comes from {seen[mask]}"})
         else:
             seen[mask] = relative
             items.append(item)
-    return items, collisions
+    return items, refused
 
 
 def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_classes: int) -> dict:
@@ -107,23 +111,24 @@ def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_clas
 def segment(args, crf: dict | None) -> dict:
     start = time.perf_counter()
     output = storage.absolute(args.output)
+    storage.check_writable(output)
     model_dir = download_model(args.model)
     _, spec = load_model(model_dir)  # fail here, once, with a clear message, not in every actor
     if args.cityscapes_label_ids and spec.get("dataset") != "cityscapes":
         raise ValueError(f"--cityscapes-label-ids: model {args.model} predicts {spec.get('dataset')}, not cityscapes")
     extensions = tuple(e if e.startswith(".") else "." + e for e in args.extensions.lower().split(","))
-    items, collisions = list_inputs(storage.absolute(args.input), extensions)
+    items, refused = list_inputs(storage.absolute(args.input), extensions)
     if args.force:
         for part in ("_manifest", "summary"):
             storage.delete(storage.join(output, part))
     done = processed_versions(output)
     todo = [i for i in items if done.get(i["source"]) != i["version"]]
-    collisions = [c for c in collisions if done.get(c["source"]) != c["version"]]
+    refused = [c for c in refused if done.get(c["source"]) != c["version"]]
     skipped = len(items) - len(todo)
     log(f"segment: {len(items)} images under {args.input}, {skipped} already processed, {len(todo)} to do")
 
     rows = [error_row({k: v for k, v in c.items() if k != "error"}, c["error"], args.model, crf,
-                      spec["num_classes"]) for c in collisions]
+                      spec["num_classes"]) for c in refused]
     stage_ms = {k: 0.0 for k in ("decode_ms", "model_ms", "crf_ms", "write_ms")}
     counts = {"ok": 0, "error": len(rows)}
     if todo:

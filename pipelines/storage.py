@@ -70,6 +70,27 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"{uri}: {e}") from None
 
 
+def check_writable(uri: str) -> None:
+    """Fail before any work when an output location cannot take writes: an S3 bucket that does not
+    exist or an endpoint that does not answer; a local path whose nearest existing parent is not a
+    writable directory. Creates nothing."""
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        parent = path
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+            raise StorageError(f"{uri}: cannot write there ({parent} is not a writable directory)")
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError as e:
+        raise StorageError(f"{uri}: cannot reach the bucket: {str(e).splitlines()[0]}") from None
+    if missing:
+        raise StorageError(f"{uri}: bucket {bucket!r} does not exist")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: readers see the old content or the whole new content, never a part."""
     fs, path = resolve(uri)

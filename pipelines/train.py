@@ -18,7 +18,6 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -82,7 +81,9 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
             for path in overlay_images(model, rows, spec, tmp):
                 mlflow.log_artifact(path, "overlays")
         example = torch.zeros(1, 3, 64, 64)
+        # Requirements given, not inferred: inference imports the model in a subprocess (~30 s on 2 cores).
         info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
+                                        pip_requirements=[f"torch=={torch.__version__}"],
                                         registered_model_name=cfg.tracking.register_model or None)
     if cfg.tracking.register_model and info.registered_model_version:
         return f"models:/{cfg.tracking.register_model}/{info.registered_model_version}"

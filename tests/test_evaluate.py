@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from deeplab_core.data.codec import decode_label, encode_png
 from deeplab_core.data.labels import CITYSCAPES, IGNORE_INDEX, VOC, cityscapes_to_train_ids

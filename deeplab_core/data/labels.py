@@ -5,7 +5,7 @@ ignore index. Cityscapes additionally maps its 34 official labelIds to the 19 tr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

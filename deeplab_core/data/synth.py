@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.io import savemat
 
 from .codec import encode_jpeg, encode_png

@@ -1,0 +1,110 @@
+"""The cluster configs: ray_cluster.yaml through Ray's own validation (offline), the KubeRay manifests
+and the Dockerfile for the fields they need, and every command they run parsed by our own CLIs."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from pipelines import segment, train
+from pipelines.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERAY = ROOT / "infra" / "kuberay"
+
+
+def manifests(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+
+
+def check_train_command(argv: list[str]) -> None:
+    """The command parses and its config (preset + overrides) validates."""
+    args = train.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    assert cfg.ray.use_gpu and cfg.ray.num_workers >= 2
+
+
+def check_segment_command(argv: list[str]) -> None:
+    args, parser = segment.parse_args(argv)
+    assert args.model.startswith("models:/") and args.input.startswith("s3://") and not args.no_crf
+    segment.crf_params(args, parser)
+
+
+def test_ray_cluster_yaml_passes_rays_own_validation():
+    raw = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)  # Ray's JSON schema and node-type rules, no cloud calls
+    head = config["available_node_types"][config["head_node_type"]]
+    gpu = config["available_node_types"]["worker.gpu"]
+    assert config["provider"]["type"] == "aws"
+    assert head["node_config"]["InstanceType"].startswith(("m", "c", "r"))  # a CPU head
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # GPU instances
+    assert 0 <= gpu["min_workers"] <= gpu["max_workers"] <= config["max_workers"]
+    assert config["docker"]["image"] and config["file_mounts"]["/opt/deeplab-ray"] == "."
+    assert any("pip install" in c and "/opt/deeplab-ray" in c for c in config["setup_commands"])
+    assert ".gitignore" in config["rsync_filter"]
+
+
+def test_ray_cluster_yaml_documents_commands_that_parse():
+    text = (ROOT / "ray_cluster.yaml").read_text()
+    comment = " ".join(line.lstrip("# ").rstrip("\\") for line in text.splitlines() if line.startswith("#"))
+    assert "ray up ray_cluster.yaml" in comment
+    submit = shlex.split(comment.split("ray submit ray_cluster.yaml pipelines/train.py", 1)[1].split("ray dashboard")[0])
+    check_train_command(submit)
+    job = shlex.split(comment.split("python -m pipelines.segment", 1)[1].split("ray down")[0])
+    check_segment_command(job)
+
+
+def test_kuberay_cluster_has_a_cpu_head_and_an_autoscaled_gpu_group():
+    (cluster,) = manifests("raycluster.yaml")
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for container in (head, worker):
+        assert container["image"] == yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())["docker"]["image"]
+        assert not any("AWS_SECRET" in e["name"] for e in container.get("env", [])), "credentials belong in a Secret"
+        assert container["envFrom"][0]["secretRef"]["name"]
+
+
+def test_kuberay_training_job_runs_a_valid_config_on_the_cluster():
+    (job,) = manifests("rayjob-train.yaml")
+    assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"] == {"ray.io/cluster": "deeplab"}
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "pipelines.train"]
+    check_train_command(argv[3:])
+
+
+def test_nightly_schedule_creates_a_segmentation_rayjob():
+    docs = {d["kind"]: d for d in manifests("nightly-segment.yaml")}
+    assert {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"} <= set(docs)
+    cron = docs["CronJob"]["spec"]
+    assert len(cron["schedule"].split()) == 5 and cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+    assert {"create"} <= set(docs["Role"]["rules"][0]["verbs"]) and docs["Role"]["rules"][0]["resources"] == ["rayjobs"]
+    mounted = pod["volumes"][0]["configMap"]["name"]
+    assert mounted == docs["ConfigMap"]["metadata"]["name"]
+    command = pod["containers"][0]["command"]
+    assert command[:3] == ["kubectl", "create", "-f"]
+    rayjob = yaml.safe_load(docs["ConfigMap"]["data"][Path(command[3]).name])
+    assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["generateName"]  # a new job every night
+    argv = shlex.split(rayjob["spec"]["entrypoint"].replace("$(date +%F)", "2026-11-24"))
+    assert argv[:3] == ["python", "-m", "pipelines.segment"]
+    check_segment_command(argv[3:])
+
+
+def test_dockerfile_installs_the_project_with_its_pins_on_a_cuda_base():
+    text = (ROOT / "infra" / "Dockerfile").read_text()
+    froms = [line for line in text.splitlines() if line.startswith("FROM")]
+    assert froms and froms[0].startswith("FROM nvidia/cuda:")
+    assert "python3.11" in text and "-c constraints.txt" in text and "COPY . ." in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
