@@ -9,7 +9,8 @@ nodes (a head and one worker, two raylets).
 
 `--dir` holds state.json (PIDs, ports), one log per service and the MLflow database. S3 objects
 live in the endpoint's memory and go with `down`. The credentials printed are dummies that only
-the local endpoint accepts. Tests start the same services through `start_*` below.
+the local endpoint accepts; Ray's token authentication is off (RAY_AUTH_MODE=disabled, exported
+too), as every service listens on 127.0.0.1 only. Tests start the same services through `start_*`.
 """
 from __future__ import annotations
 
@@ -220,8 +221,10 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The variables that point the CLIs (and `ray job submit`) at this stack."""
+        # Ray's token auth follows RAY_AUTH_MODE, else whether a token file exists on the machine:
+        # pinned here so nodes and clients always agree. Every service listens on 127.0.0.1 only.
         return {"RAY_ADDRESS": f"{LOOPBACK}:{self.ray_port}", "RAY_API_SERVER_ADDRESS": self.dashboard_url,
-                "MLFLOW_TRACKING_URI": self.mlflow_url, **s3_env(self.s3_url)}
+                "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": self.mlflow_url, **s3_env(self.s3_url)}
 
     def save(self) -> None:
         path = Path(self.dir, "state.json")

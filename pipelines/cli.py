@@ -26,11 +26,30 @@ def emit_summary(summary: dict) -> None:
     print(json.dumps(summary, sort_keys=True), flush=True)
 
 
+def user_error(error: BaseException) -> BaseException | None:
+    """The error the user should read behind `error`, also when Ray wrapped it (a task's exception
+    reaches the driver as RayTaskError with `.cause`; Ray Data chains it as `__cause__`)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            error = cause
+        elif isinstance(error, USER_ERRORS):
+            return error
+        else:
+            error = error.__cause__
+    return None
+
+
 def run(main, argv=None) -> int:
     try:
         return main(argv) or 0
-    except USER_ERRORS as e:
-        log(f"error: {e}")
+    except Exception as e:
+        shown = user_error(e)
+        if shown is None:
+            raise
+        log(f"error: {shown}")
         return 2
 
 

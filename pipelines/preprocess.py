@@ -39,11 +39,24 @@ def convert_shard(root: str, examples, target: str, aug_copies: int, seed: int) 
     """Convert one shard and write it to `target`; the unit of work of a Ray task (and of the bench's
     single-process baseline)."""
     fs, _ = storage.resolve(root)
-    table, errors = shard_table(fs, examples, aug_copies, seed)
+    with storage.reading(root):  # the store down is not bad data: the task fails, the run stops
+        table, errors = shard_table(fs, examples, aug_copies, seed)
     if table is not None:
         storage.write_bytes(target, parquet_bytes(table))
     return {"target": target if table is not None else None, "rows": 0 if table is None else table.num_rows,
             "examples": len(examples) - len(errors), "errors": errors}
+
+
+def drain(refs: list) -> None:
+    """Cancel the other tasks after one failed, and take their results, so that Ray does not print
+    each of their errors (echoes of the first, e.g. the same store down) as unhandled."""
+    for ref in refs:
+        ray.cancel(ref)
+    for ref in refs:
+        try:
+            ray.get(ref)
+        except Exception:
+            pass
 
 
 def commit(out: str, splits: dict[str, list[dict]], manifest: dict, errors: list[dict]) -> None:
@@ -69,7 +82,8 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
         raise ValueError("--aug-copies must be >= 0 and --shard-size >= 1")
     storage.check_writable(out)
     fs, root_path = storage.resolve(root)
-    examples = find_examples(fs, root_path, dataset, splits)
+    with storage.reading(root):
+        examples = find_examples(fs, root_path, dataset, splits)
     staging = storage.join(out, f"{STAGING}{uuid.uuid4().hex[:12]}")
     jobs = []
     for split, items in examples.items():
@@ -91,7 +105,11 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
         for ref in ready:
             split, name = pending.pop(ref)
-            result = ray.get(ref)
+            try:
+                result = ray.get(ref)
+            except Exception:
+                drain(list(pending))
+                raise
             errors.extend(result["errors"])
             done += result["examples"] + len(result["errors"])
             if result["target"]:

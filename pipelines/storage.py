@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -20,6 +21,16 @@ class StorageError(RuntimeError):
     """A URI that cannot be reached or read; the message names it."""
 
 
+class StorageUnavailable(StorageError):
+    """The store did not answer (after the S3 client's retries): a transient fault of the
+    infrastructure, never a verdict on the item, so batch jobs stop instead of recording it."""
+
+
+# S3 calls retry with exponential backoff (50 ms, 100 ms, ... 12.8 s): 10 attempts ride out an
+# endpoint that is gone for ~25 s, then fail with StorageUnavailable.
+S3_MAX_ATTEMPTS = int(os.environ.get("DEEPLAB_S3_MAX_ATTEMPTS", "10"))
+
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
@@ -27,7 +38,7 @@ def is_s3(uri: str) -> bool:
 @lru_cache(maxsize=8)
 def _s3(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     options = dict(region=region, connect_timeout=5, request_timeout=30,
-                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=4))
+                   retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS))
     if endpoint:
         parsed = urlparse(endpoint)
         options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
@@ -67,7 +78,24 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found") from None
     except OSError as e:
-        raise StorageError(f"{uri}: {e}") from None
+        raise unavailable(uri, "cannot read", e) from None
+
+
+def unavailable(uri: str, what: str, error: OSError) -> StorageUnavailable:
+    return StorageUnavailable(f"{uri}: {what}: {str(error).splitlines()[0][:300]}")
+
+
+@contextmanager
+def reading(uri: str):
+    """Around code that reads through a filesystem of `resolve()` itself (pyarrow raises OSError):
+    a store that does not answer becomes StorageUnavailable naming `uri`; missing files stay as
+    they are, for the caller to judge."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise unavailable(uri, "cannot read", e) from None
 
 
 def check_writable(uri: str) -> None:
@@ -86,7 +114,7 @@ def check_writable(uri: str) -> None:
     try:
         missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
     except OSError as e:
-        raise StorageError(f"{uri}: cannot reach the bucket: {str(e).splitlines()[0]}") from None
+        raise unavailable(uri, "cannot reach the bucket", e) from None
     if missing:
         raise StorageError(f"{uri}: bucket {bucket!r} does not exist")
 
@@ -95,9 +123,12 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: readers see the old content or the whole new content, never a part."""
     fs, path = resolve(uri)
     if is_s3(uri):
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        try:
+            fs.create_dir(posixpath.dirname(path), recursive=True)
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        except OSError as e:
+            raise unavailable(uri, "cannot write", e) from None
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"

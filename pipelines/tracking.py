@@ -72,6 +72,10 @@ class MetricBuffer:
 
     def __init__(self, run_id: str, tracking_uri: str, limit: int = 100_000):
         self.run_id, self.tracking_uri, self.limit = run_id, tracking_uri, limit
+        # A server that is down must cost seconds, not MLflow's default minutes of retries per call:
+        # this buffer retries at the next flush anyway. (Process-wide: it lives in the training worker.)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.pending: list[Metric] = []
         self.logged_until: dict[str, int] = {}
 

@@ -28,6 +28,26 @@ def s3_endpoint(tmp_path_factory):
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A small saved VOC model (random weights, logits spread so masks show several classes)."""
+    import torch
+
+    from deeplab_core.checkpoint import save_model
+    from deeplab_core.data.labels import VOC
+    from deeplab_core.models import build_model
+
+    torch.manual_seed(3)
+    model = build_model("deeplabv3plus_mobilenetv3", VOC.num_classes, width_mult=0.5)
+    classifier = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        classifier.weight.normal_(0, 30)
+    directory = tmp_path_factory.mktemp("model") / "checkpoint_00000100"
+    save_model(directory, model, {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes,
+                                  "options": {"width_mult": 0.5}, "msc_scales": None, **VOC.to_dict()})
+    return directory
+
+
 @pytest.fixture(scope="session")
 def s3_client(s3_endpoint):
     import boto3

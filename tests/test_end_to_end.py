@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -41,6 +42,18 @@ def last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
+def _tree(name: str, directory: str) -> list[psutil.Process]:
+    root = psutil.Process(local_stack.Stack.load(directory).pids[name])
+    return [root, *root.children(recursive=True)]
+
+
+def _listening(process: psutil.Process) -> list:
+    try:
+        return [c for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return []
+
+
 def test_the_pipeline_on_the_local_stack(stack, tmp_path):
     directory, exported = stack
     env = {**os.environ, **exported, "PYTHONPATH": str(ROOT)}
@@ -49,6 +62,14 @@ def test_the_pipeline_on_the_local_stack(stack, tmp_path):
         result = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
         assert result.returncode == 0, f"{argv[:4]}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return last_json(result.stdout)
+
+    # The servers we configure listen on loopback only. (Ray's own gRPC servers bind every
+    # interface whatever --node-ip-address says; docs/reliability.md.)
+    for name in ("s3", "mlflow"):
+        assert {c.laddr.ip for p in _tree(name, directory) for c in _listening(p)} == {"127.0.0.1"}, name
+    dashboard = int(exported["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1])
+    assert {c.laddr.ip for p in _tree("ray-head", directory) for c in _listening(p)
+            if c.laddr.port == dashboard} == {"127.0.0.1"}
 
     status = json.loads(subprocess.run([sys.executable, "-m", "infra.local_stack", "status", "--dir", directory],
                                        capture_output=True, text=True, cwd=ROOT).stdout)

@@ -20,32 +20,18 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from deeplab_core.checkpoint import load_model, save_model
+from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import CRF_PRESETS, CRFParams, dense_crf
 from deeplab_core.data.codec import decode_image
 from deeplab_core.data.labels import VOC
 from deeplab_core.data.synth import write_voc
 from deeplab_core.inference import predict_probabilities
-from deeplab_core.models import build_model
 from pipelines import segment
 from pipelines.tracking import setup as tracking_setup
 from pipelines.model_uri import download_model
 from tests.conftest import upload_tree
 
 BIG_SIDE = 200  # the over-large planted image is 200×200; --max-pixels sits below it
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    model = build_model("deeplabv3plus_mobilenetv3", VOC.num_classes, width_mult=0.5)
-    classifier = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():  # untrained logits are near-constant; spread them so masks show several classes
-        classifier.weight.normal_(0, 30)
-    directory = tmp_path_factory.mktemp("model") / "checkpoint_00000100"
-    save_model(directory, model, {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes,
-                                  "options": {"width_mult": 0.5}, "msc_scales": None, **VOC.to_dict()})
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +150,21 @@ def test_s3_bucket_with_s3_model(ray_local, capsys, s3_client, model_dir, images
     assert {r["status"] for r in summary_rows(out)} == {"ok", "error"}
     assert run_segment(capsys, "--model", "s3://models/voc/checkpoint_00000100", "--input",
                        "s3://nightly/images/2026-11-24", "--output", out)[1]["skipped"] == GOOD + BAD
+
+
+def test_keys_that_leave_the_prefix_are_refused(ray_local, capsys, s3_client, model_dir, images, tracking, tmp_path):
+    s3_client.create_bucket(Bucket="hostile")
+    good = next(images.glob("day1/*.jpg")).read_bytes()
+    for key in ("night/ok.jpg", "night/../../escape.jpg", "night/sub/../../../escape2.jpg"):
+        s3_client.put_object(Bucket="hostile", Key=key, Body=good)
+    out = tmp_path / "out"
+    code, summary = run_segment(capsys, "--model", str(model_dir), "--input", "s3://hostile/night", "--output",
+                                str(out), "--no-crf")
+    assert code == 0 and (summary["images"], summary["errors"]) == (1, 2)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert written == ["out/masks/ok.png"], written
+    errors = [r["error"] for r in summary_rows(str(out)) if r["status"] == "error"]
+    assert len(errors) == 2 and all("points outside the input prefix" in e for e in errors)
 
 
 def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
