@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplab_core.checkpoint import load_model, save_model
+from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import decode_image, encode_jpeg, encode_png
 from deeplab_core.data.labels import VOC
 from deeplab_core.data.synth import render_scene
 from deeplab_core.inference import label_map, predict_coarse
-from deeplab_core.models import build_model
+from _common import save_voc_model  # bench/ is the running script's directory
 from pipelines import segment, storage
 
 
@@ -68,11 +68,7 @@ def main() -> None:
     p.add_argument("--crf-actors", type=int, default=os.cpu_count())
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-segment-"))
-    torch.manual_seed(0)
-    model_dir = work / "model"
-    save_model(model_dir, build_model("deeplabv3plus_mobilenetv3", VOC.num_classes, width_mult=0.5),
-               {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes, "options": {"width_mult": 0.5},
-                "msc_scales": None, **VOC.to_dict()})
+    model_dir = save_voc_model(work / "model")
     paths = make_inputs(work / "images", args.images)
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -22,13 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import torch
 
-from deeplab_core.checkpoint import save_model
 from deeplab_core.data.codec import encode_jpeg
-from deeplab_core.data.labels import VOC
 from deeplab_core.data.synth import render_scene
-from deeplab_core.models import build_model
+from _common import save_voc_model  # bench/ is the running script's directory
 from pipelines import segment
 
 
@@ -87,11 +84,7 @@ def main() -> None:
     args = p.parse_args()
     width, height = map(int, args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    torch.manual_seed(0)
-    model_dir = work / "model"
-    save_model(model_dir, build_model("deeplabv3plus_mobilenetv3", VOC.num_classes, width_mult=0.5),
-               {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes, "options": {"width_mult": 0.5},
-                "msc_scales": None, **VOC.to_dict()})
+    model_dir = save_voc_model(work / "model")
     make_inputs(work / "images", args.images, width, height)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
 

@@ -198,6 +198,21 @@ def wait_ray_nodes(dashboard_url: str, count: int, timeout: float = 120.0,
         time.sleep(1)
 
 
+def wait_job_submission(env: dict, timeout: float = 180.0) -> None:
+    """Until a trivial job runs through `ray job submit`: the head's job agent can start some time
+    after its raylet registers ("No available agent to submit job")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "true"], env=env, capture_output=True,
+                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"ray job submit still fails after {timeout:.0f}s: "
+                             f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        time.sleep(2)
+
+
 @dataclass
 class Stack:
     dir: str
@@ -286,7 +301,8 @@ def up(directory: str = ".stack", s3_port: int = 9000, mlflow_port: int = 5000, 
         worker = start_ray_worker(f"{LOOPBACK}:{stack.ray_port}", cpus_per_node, work / "ray-worker.log", node_env)
         started("ray-worker", worker)
         wait_ray_nodes(stack.dashboard_url, 2, procs=tuple(procs[-2:]))
-        log("stack: 2 Ray nodes alive")
+        wait_job_submission(node_env)
+        log("stack: 2 Ray nodes alive, job submission answers")
     except BaseException:
         for proc in reversed(procs):
             stop(proc)

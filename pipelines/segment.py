@@ -32,7 +32,7 @@ from deeplab_core.data.codec import MAX_PIXELS
 from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.model_uri import download_model
-from pipelines.segmentation import (LabelStage, ModelStage, commit, mask_path, processed_versions,
+from pipelines.segmentation import (UNAVAILABLE, LabelStage, ModelStage, commit, mask_path, processed_versions,
                                     read_and_decode, write_outputs)
 
 EXPERIMENT = "batch-segmentation"
@@ -133,6 +133,8 @@ def segment(args, crf: dict | None) -> dict:
     counts = {"ok": 0, "error": len(rows)}
     if todo:
         for row in run_graph(args, todo, model_dir, spec, crf, output):
+            if row["status"] == UNAVAILABLE:
+                raise storage.StorageUnavailable(row["error"])
             rows.append(row)
             counts[row["status"]] += 1
             for k in stage_ms:

@@ -37,6 +37,12 @@ EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 EMPTY_SCORES = np.zeros((0, 0, 0), np.float32)
 
 
+# The store did not answer for this row: not a verdict on the image. The driver stops the run at the
+# first such row and never commits it, so the rerun does the image. (A status, not an exception:
+# Ray Data does not carry a task's exception type back to the driver.)
+UNAVAILABLE = "unavailable"
+
+
 def mask_path(relative: str) -> str:
     """masks/<relative path without its extension>.png"""
     return posixpath.join("masks", posixpath.splitext(relative)[0] + ".png")
@@ -54,8 +60,8 @@ def read_and_decode(batch: dict, max_pixels: int) -> dict:
         start = time.perf_counter()
         try:
             images[i] = decode_image(storage.read_bytes(source), max_pixels)
-        except storage.StorageUnavailable:
-            raise  # the store is down, the image is not bad: stop the run, a rerun redoes it
+        except storage.StorageUnavailable as e:
+            status[i], errors[i] = UNAVAILABLE, str(e)
         except (DecodeError, storage.StorageError) as e:
             status[i], errors[i] = "error", str(e)
         decode_ms[i] = _ms(start)
@@ -133,14 +139,16 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
         start = time.perf_counter()
         mask, uri = batch["mask"][i], ""
         if status[i] == "ok":
-            # A failed write stops the run (the output is unreachable or full); the image is not bad.
             uri = storage.join(output, mask_path(batch["relative"][i]))
-            png = (encode_png(cityscapes_to_label_ids(mask)) if label_ids else encode_png(mask, palette))
-            storage.write_bytes(uri, png)
-            if overlays:
-                blended = labels.blend(batch["image"][i], mask)
-                relative = posixpath.splitext(batch["relative"][i])[0] + ".jpg"
-                storage.write_bytes(storage.join(output, "overlays", relative), encode_jpeg(blended))
+            try:
+                png = (encode_png(cityscapes_to_label_ids(mask)) if label_ids else encode_png(mask, palette))
+                storage.write_bytes(uri, png)
+                if overlays:
+                    blended = labels.blend(batch["image"][i], mask)
+                    relative = posixpath.splitext(batch["relative"][i])[0] + ".jpg"
+                    storage.write_bytes(storage.join(output, "overlays", relative), encode_jpeg(blended))
+            except storage.StorageUnavailable as e:
+                status[i], errors[i], uri = UNAVAILABLE, str(e), ""
         rows["mask_uri"].append(uri)
         rows["height"].append(int(mask.shape[0]) if mask.ndim == 2 else 0)
         rows["width"].append(int(mask.shape[1]) if mask.ndim == 2 else 0)

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 
 import mlflow
 import numpy as np
@@ -83,7 +84,7 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
         example = torch.zeros(1, 3, 64, 64)
         # Requirements given, not inferred: inference imports the model in a subprocess (~30 s on 2 cores).
         info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
-                                        pip_requirements=[f"torch=={torch.__version__}"],
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                         registered_model_name=cfg.tracking.register_model or None)
     if cfg.tracking.register_model and info.registered_model_version:
         return f"models:/{cfg.tracking.register_model}/{info.registered_model_version}"
@@ -136,11 +137,17 @@ def train(cfg: ExperimentConfig) -> dict:
         client.set_terminated(run_id, "FAILED")
         raise RuntimeError(f"training failed: {result.error}")
     best, metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])
-    with best.as_directory() as directory:
-        model_uri = log_final_model(cfg, run_id, directory, val_files)
-    client.set_terminated(run_id, "FINISHED")
-    prefix = "s3://" if storage.is_s3(cfg.ray.storage_path) else ""
-    return {"run_id": run_id, "run_name": run_name, "checkpoint": prefix + best.path, "model_uri": model_uri,
+    checkpoint = ("s3://" if storage.is_s3(cfg.ray.storage_path) else "") + best.path
+    try:
+        with best.as_directory() as directory:
+            model_uri = log_final_model(cfg, run_id, directory, val_files)
+        client.set_terminated(run_id, "FINISHED")
+    except Exception as e:  # MLflow down at the very end: the trained model is safe in its checkpoint
+        model_uri = checkpoint
+        warnings.warn(f"MLflow: final model not logged ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      f"the model is the checkpoint {checkpoint} (a --model for segment and evaluate)",
+                      RuntimeWarning, stacklevel=2)
+    return {"run_id": run_id, "run_name": run_name, "checkpoint": checkpoint, "model_uri": model_uri,
             "val_miou": metrics["val_miou"], "iterations": result.metrics["iteration"]}
 
 

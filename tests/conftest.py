@@ -3,6 +3,8 @@ Ray instance), started with the same functions as the local stack (infra/local_s
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,27 @@ def tracking(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+class BackgroundTraining:
+    """`train(cfg)` in a thread, with waits for the checkpoints it writes (for fault injection)."""
+
+    def __init__(self, cfg, timeout: float = 300):
+        from pipelines.train import train
+
+        self.result: dict = {}
+        self.run_dir = Path(cfg.ray.storage_path) / cfg.tracking.run_name
+        self.deadline = time.monotonic() + timeout
+        self.thread = threading.Thread(target=lambda: self.result.update(train(cfg)))
+        self.thread.start()
+
+    def wait_for_checkpoint(self, iteration: int) -> Path:
+        path = self.run_dir / f"checkpoint_{iteration:08d}"
+        while not path.exists():
+            assert self.thread.is_alive() and time.monotonic() < self.deadline, f"{path.name} never appeared"
+            time.sleep(0.05)
+        return path
+
+    def join(self, timeout: float = 600) -> dict:
+        self.thread.join(timeout)
+        return self.result

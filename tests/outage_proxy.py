@@ -1,6 +1,7 @@
-"""A TCP proxy on 127.0.0.1 in front of a real server, that can make the server unreachable: during
-an outage it closes every open connection and refuses new ones (nothing listens on its port), as a
-crashed or partitioned S3 endpoint would look to a client."""
+"""A TCP proxy on 127.0.0.1 in front of a real server (S3 endpoint, MLflow server) that can make the
+server unreachable: during an outage it closes every open connection and refuses new ones (nothing
+listens on its port), as a crashed or partitioned server looks to a client; the server itself keeps
+its state."""
 from __future__ import annotations
 
 import socket
@@ -95,10 +96,13 @@ class OutageProxy:
                 s.close()
             except OSError:
                 pass
-        if seconds is None:
-            return
-        time.sleep(seconds)
-        if not self._stopped:
+        if seconds is not None:
+            time.sleep(seconds)
+            self.restore()
+
+    def restore(self) -> None:
+        """End an outage: listen again on the same port."""
+        if not self._stopped and not self._up.is_set():
             self._listen()
 
     def wait_up(self, timeout: float = 60) -> bool:

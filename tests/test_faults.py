@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,11 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from deeplab_core.data.synth import write_voc
-from infra.local_stack import free_port, start_mlflow, stop
 from pipelines.config import load_config
 from pipelines.preprocess import preprocess
-from pipelines.train import train
-from tests.conftest import upload_tree
+from tests.conftest import BackgroundTraining, upload_tree
 from tests.outage_proxy import OutageProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,40 +128,27 @@ def test_a_killed_crf_actor_is_restarted_and_every_image_gets_one_mask(raw_voc, 
     assert len(rows) == 22 and len({r["relative"] for r in rows}) == 22
 
 
-def test_training_goes_on_while_the_mlflow_server_is_down(tmp_path, s3_endpoint, s3_client, ray_local):
+def test_training_goes_on_while_the_mlflow_server_is_down(tmp_path, mlflow_server, ray_local):
     raw = tmp_path / "raw"
     write_voc(raw, train=12, val=4, seed=4, size=(64, 48), classes=5)
     data = tmp_path / "pq"
     preprocess("voc", str(raw), str(data), splits=["train", "val"])
-    s3_client.create_bucket(Bucket="mlflow-artifacts")
-    work = tmp_path / "mlflow"
-    work.mkdir()
-    port = free_port()
-    server, url = start_mlflow(port, work, s3_endpoint, work / "server.log")
-    cfg = load_config(str(ROOT / "configs" / "synthetic_tiny.yaml"), [
-        f"data.uri={data}", "data.train_split=train", "data.crop_size=48", "train.batch_size=4",
-        "train.iterations=12", "train.checkpoint_interval=2", "train.eval_interval=2", "train.log_interval=1",
-        f"ray.storage_path={tmp_path / 'runs'}", f"tracking.uri={url}", "tracking.experiment=mlflow-down",
-        "tracking.register_model=null", "tracking.overlays=0", "tracking.run_name=mlflow-down"])
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(train(cfg)))
-    thread.start()
-    run_dir = tmp_path / "runs" / "mlflow-down"
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoint_00000002").exists():
-        assert thread.is_alive() and time.monotonic() < deadline, "the first checkpoint never appeared"
-        time.sleep(0.05)
-    stop(server)  # down while training goes on: checkpoints 4, 6, ... are reported without it
-    down_at = time.monotonic()
-    while not (run_dir / "checkpoint_00000006").exists():
-        assert thread.is_alive() and time.monotonic() < deadline, "training stopped while MLflow was down"
-        time.sleep(0.05)
-    assert time.monotonic() - down_at > 0 and not (run_dir / "checkpoint_00000012").exists()
-    server, _ = start_mlflow(port, work, s3_endpoint, work / "server.log")  # back, same store
+    server = OutageProxy(int(mlflow_server.rsplit(":", 1)[1]))
     try:
-        thread.join(600)
-        assert result["iterations"] == 12
-        steps = sorted(m.step for m in MlflowClient(url).get_metric_history(result["run_id"], "loss"))
-        assert steps == list(range(1, 13)), "metrics logged while the server was down were lost or doubled"
+        cfg = load_config(str(ROOT / "configs" / "synthetic_tiny.yaml"), [
+            f"data.uri={data}", "data.train_split=train", "data.crop_size=48", "train.batch_size=4",
+            "train.iterations=10", "train.checkpoint_interval=2", "train.eval_interval=2", "train.log_interval=1",
+            f"ray.storage_path={tmp_path / 'runs'}", f"tracking.uri={server.url}", "tracking.experiment=mlflow-down",
+            "tracking.register_model=null", "tracking.overlays=0", "tracking.run_name=mlflow-down"])
+        training = BackgroundTraining(cfg)
+        training.wait_for_checkpoint(2)
+        server.outage(None)  # down while training goes on: checkpoint 4 (at least) is reported without it
+        run_dir = training.wait_for_checkpoint(6).parent
+        assert not (run_dir / "checkpoint_00000010").exists()
+        server.restore()
+        result = training.join()
+        assert result["iterations"] == 10 and result["model_uri"].startswith("runs:/")
+        steps = sorted(m.step for m in MlflowClient(mlflow_server).get_metric_history(result["run_id"], "loss"))
+        assert steps == list(range(1, 11)), "metrics logged while the server was down were lost or doubled"
     finally:
-        stop(server)
+        server.stop()

@@ -13,21 +13,22 @@ from pathlib import Path
 import pytest
 
 from deeplab_core.data.synth import write_voc
+from pipelines.preprocess import preprocess
 from tests.conftest import upload_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_planted_secrets_are_written_nowhere(s3_endpoint, s3_client, tmp_path):
+def test_planted_secrets_are_written_nowhere(s3_endpoint, s3_client, ray_local, tmp_path):
     token = uuid.uuid4().hex
     secrets = {"AWS_ACCESS_KEY_ID": f"AKIAPLANTED{token[:8].upper()}",  # the endpoint accepts any key
                "AWS_SECRET_ACCESS_KEY": f"planted-secret-{token}", "AWS_SESSION_TOKEN": f"planted-session-{token}",
                "MLFLOW_TRACKING_PASSWORD": f"planted-mlflow-{token}", "DATABASE_PASSWORD": f"planted-db-{token}"}
     started = time.time()
     write_voc(tmp_path / "raw", train=8, val=4, seed=2, size=(64, 48), classes=5)
-    upload_tree(s3_client, tmp_path / "raw", "secret-raw", "voc")
-    s3_client.create_bucket(Bucket="secret-data")
+    preprocess("voc", str(tmp_path / "raw"), str(tmp_path / "pq"), splits=["train", "val"])
+    upload_tree(s3_client, tmp_path / "raw" / "VOCdevkit" / "VOC2012" / "JPEGImages", "secret-photos", "night")
     env = {**os.environ, **secrets, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}
     logs = []
@@ -39,15 +40,14 @@ def test_planted_secrets_are_written_nowhere(s3_endpoint, s3_client, tmp_path):
         assert result.returncode == 0, result.stderr[-4000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    cli("pipelines.preprocess", "--dataset", "voc", "--root", "s3://secret-raw/voc", "--out", "s3://secret-data/voc")
     trained = cli("pipelines.train", "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"),
-                  "--set", "data.uri=s3://secret-data/voc", "--set", "data.train_split=train",
-                  "--set", "data.crop_size=48", "--set", "train.batch_size=4", "--set", "train.iterations=4",
+                  "--set", f"data.uri={tmp_path / 'pq'}", "--set", "data.train_split=train",
+                  "--set", "data.crop_size=48", "--set", "train.batch_size=4", "--set", "train.iterations=2",
                   "--set", "train.checkpoint_interval=2", "--set", "train.eval_interval=2",
                   "--set", f"ray.storage_path={tmp_path / 'runs'}", "--set", "tracking.overlays=1",
                   "--set", "tracking.experiment=secrets")
-    cli("pipelines.segment", "--model", trained["model_uri"], "--input", str(tmp_path / "raw"), "--output",
-        str(tmp_path / "seg"), "--overlays")
+    cli("pipelines.segment", "--model", trained["model_uri"], "--input", "s3://secret-photos/night", "--output",
+        str(tmp_path / "seg"), "--overlays")  # the planted credentials in use
 
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     ray_logs = [p for session in Path("/tmp/ray").glob("session_2*") if session.stat().st_mtime >= started - 5

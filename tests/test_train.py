@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import mlflow
@@ -25,6 +23,7 @@ from pipelines.config import load_config
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.preprocess import preprocess
 from pipelines.train import train
+from tests.conftest import BackgroundTraining
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthetic_tiny.yaml"
@@ -102,19 +101,13 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path, "train.iterations=24", "train.checkpoint_interval=4",
                       "train.eval_interval=4", "train.log_interval=1", "ray.max_failures=1",
                       "tracking.run_name=fault")
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(train(cfg)))
-    thread.start()
-    run_dir = tmp_path / "runs" / "fault"
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoint_00000008").exists():
-        assert time.monotonic() < deadline and thread.is_alive(), "second checkpoint never appeared"
-        time.sleep(0.05)
+    training = BackgroundTraining(cfg)
+    run_dir = training.wait_for_checkpoint(8).parent
     assert not (run_dir / "checkpoint_00000024").exists()
     victims = _train_workers()
     assert len(victims) == 2
     victims[-1].kill()  # SIGKILL, as a node or OOM killer would
-    thread.join(600)
+    result = training.join()
     assert result["iterations"] == 24
     assert (run_dir / "checkpoint_00000024").exists()
     steps = metric_steps(cfg.tracking.uri, result["run_id"], "loss")
