@@ -22,8 +22,9 @@ class StorageError(RuntimeError):
 
 
 class StorageUnavailable(StorageError):
-    """The store did not answer (after the S3 client's retries): a transient fault of the
-    infrastructure, never a verdict on the item, so batch jobs stop instead of recording it."""
+    """The store did not answer (after the S3 client's retries), or an output cannot be written: a
+    fault of the infrastructure, never a verdict on the item, so batch jobs stop instead of
+    recording the item as bad."""
 
 
 # S3 calls retry with exponential backoff (50 ms, 100 ms, ... 12.8 s): 10 attempts ride out an
@@ -77,8 +78,10 @@ def read_bytes(uri: str) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found") from None
-    except OSError as e:
-        raise unavailable(uri, "cannot read", e) from None
+    except OSError as e:  # remote: the store did not answer; local: this file is unreadable
+        if is_s3(uri):
+            raise unavailable(uri, "cannot read", e) from None
+        raise StorageError(f"{uri}: {e}") from None
 
 
 def unavailable(uri: str, what: str, error: OSError) -> StorageUnavailable:
@@ -88,13 +91,15 @@ def unavailable(uri: str, what: str, error: OSError) -> StorageUnavailable:
 @contextmanager
 def reading(uri: str):
     """Around code that reads through a filesystem of `resolve()` itself (pyarrow raises OSError):
-    a store that does not answer becomes StorageUnavailable naming `uri`; missing files stay as
-    they are, for the caller to judge."""
+    an S3 store that does not answer becomes StorageUnavailable naming `uri`; missing files and
+    local errors stay as they are, for the caller to judge."""
     try:
         yield
     except FileNotFoundError:
         raise
     except OSError as e:
+        if not is_s3(uri):
+            raise
         raise unavailable(uri, "cannot read", e) from None
 
 
@@ -130,12 +135,14 @@ def write_bytes(uri: str, data: bytes) -> None:
         except OSError as e:
             raise unavailable(uri, "cannot write", e) from None
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:  # a full or read-only disk: the output, not the item
+        raise unavailable(uri, "cannot write", e) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
