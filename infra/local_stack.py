@@ -135,6 +135,15 @@ def s3_env(url: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": url, **LOCAL_CREDENTIALS}
 
 
+def local_s3_client(url: str):
+    """A boto3 S3 client of the local endpoint, whatever the AWS variables of this process say."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=url, region_name=LOCAL_CREDENTIALS["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+
 def start_s3(port: int, log: Path) -> tuple[subprocess.Popen, str]:
     """moto_server on 127.0.0.1:port; returns (process, endpoint URL) once it answers."""
     proc = _spawn([str(BIN / "moto_server"), "-H", LOOPBACK, "-p", str(port)], log)
@@ -287,11 +296,7 @@ def up(directory: str = ".stack", s3_port: int = 9000, mlflow_port: int = 5000, 
     try:
         proc, _ = start_s3(stack.s3_port, work / "s3.log")
         started("s3", proc)
-        import boto3
-
-        boto3.client("s3", endpoint_url=stack.s3_url, **{k.lower(): v for k, v in LOCAL_CREDENTIALS.items()
-                                                        if k != "AWS_DEFAULT_REGION"},
-                     region_name=LOCAL_CREDENTIALS["AWS_DEFAULT_REGION"]).create_bucket(Bucket=ARTIFACT_BUCKET)
+        local_s3_client(stack.s3_url).create_bucket(Bucket=ARTIFACT_BUCKET)
         proc, _ = start_mlflow(stack.mlflow_port, work, stack.s3_url, work / "mlflow.log")
         started("mlflow", proc)
         # Ray's workers read S3 and MLflow: the nodes carry the stack's variables from the start.

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -79,9 +78,7 @@ def test_the_pipeline_on_the_local_stack(stack, tmp_path):
                            capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 2 and "already running" in again.stderr
 
-    s3 = boto3.client("s3", endpoint_url=exported["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id=exported["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=exported["AWS_SECRET_ACCESS_KEY"])
+    s3 = local_stack.local_s3_client(exported["AWS_ENDPOINT_URL"])
     py = sys.executable
     cli(py, "pipelines/synth.py", "--dataset", "voc", "--out", str(tmp_path / "raw"), "--train", "16", "--val", "6",
         "--seed", "5", "--size", "64x48", "--classes", "5", "--min-scale", "0.3")
