@@ -70,9 +70,12 @@ class Sampler(threading.Thread):
 
 
 def spilled_mb() -> float:
+    import ray
     from ray._private.internal_api import memory_summary
 
-    found = re.search(r"Spilled ([\d.]+) MiB", memory_summary(stats_only=True))
+    # The address given: without it Ray looks for a cluster in RAY_ADDRESS or /tmp/ray, not this one.
+    summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    found = re.search(r"Spilled ([\d.]+) MiB", summary)
     return float(found.group(1)) if found else 0.0
 
 
