@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m pipelines.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

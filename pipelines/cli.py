@@ -21,9 +21,18 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
+# The process's stdout while run() sends every other write to stderr.
+_stdout = None
+
+
+def output(text: str) -> None:
+    """A CLI's own output (a table, a config, the summary): stdout."""
+    print(text, file=_stdout or sys.stdout, flush=True)
+
+
 def emit_summary(summary: dict) -> None:
     """The last stdout line of every CLI: one JSON object that schedulers and scripts read."""
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    output(json.dumps(summary, sort_keys=True))
 
 
 def user_error(error: BaseException) -> BaseException | None:
@@ -43,6 +52,12 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def run(main, argv=None) -> int:
+    """A CLI process's entry point. From here on stdout carries only `output()`: anything else
+    printed there (Ray's lines forwarded from workers and raylets, which come at any time, also
+    after the summary; MLflow's run links) goes to stderr, so the summary stays the last line."""
+    global _stdout
+    _stdout = sys.stdout
+    sys.stdout = sys.stderr
     try:
         return main(argv) or 0
     except Exception as e:

@@ -27,7 +27,7 @@ import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines import tracking  # noqa: E402
-from pipelines.cli import emit_summary, log, run  # noqa: E402
+from pipelines.cli import emit_summary, log, output, run  # noqa: E402
 
 KIND_TAG = "deeplab.kind"
 COLUMNS = ["run", "model", "backbone", "LargeFOV", "ASPP", "MSC", "pretrained", "augmentation", "LR policy",
@@ -142,7 +142,7 @@ def compare(experiment: str, fmt: str = "md", out: str | None = None, log_run: b
         with open(out, "w") as f:
             f.write(table)
     else:
-        print(table, flush=True)
+        output(table)
     return {"experiment": experiment, "runs": len(rows), "comparison_run_id": run_id,
             "rows": [{k: r[k] for k in ("run", "run_id", "miou", "miou_crf")} for r in rows]}
 

@@ -32,7 +32,7 @@ from ray.train.torch import TorchTrainer
 from deeplab_core.checkpoint import load_model
 from deeplab_core.models import model_options
 from pipelines import storage, tracking
-from pipelines.cli import emit_summary, init_ray, log, run
+from pipelines.cli import emit_summary, init_ray, log, output, run
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
 from pipelines.reports import confusion_plot, overlay_images
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        output(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     summary = train(cfg)
     log(f"train: done, val mIoU {summary['val_miou']:.4f}, model {summary['model_uri']}")

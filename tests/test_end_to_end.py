@@ -1,7 +1,8 @@
 """The whole product on the local real stack (infra/local_stack.py): a Ray cluster of two nodes, an
 MLflow server with S3 artifacts and an S3 endpoint, driven only through the CLIs as a user would:
 synth -> preprocess into s3:// -> train (submitted with `ray job submit`) on 2 workers on the 2 nodes
--> register -> segment an s3:// bucket with the models:/ URI -> evaluate -> compare from the server."""
+-> register -> segment an s3:// bucket with the models:/ URI -> evaluate -> compare from the server.
+Secrets planted in every environment are then looked for in everything written."""
 from __future__ import annotations
 
 import io
@@ -9,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -23,12 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+# Secret values planted in the environment of the stack (so of every Ray node and the MLflow server)
+# and of every CLI; the endpoint takes any key, so the planted AWS ones are the ones in use there.
+TOKEN = uuid.uuid4().hex
+SECRETS = {"AWS_SESSION_TOKEN": f"planted-session-{TOKEN}", "MLFLOW_TRACKING_PASSWORD": f"planted-mlflow-{TOKEN}",
+           "DATABASE_PASSWORD": f"planted-db-{TOKEN}"}
+CLI_SECRETS = {**SECRETS, "AWS_ACCESS_KEY_ID": f"AKIAPLANTED{TOKEN[:8].upper()}",
+               "AWS_SECRET_ACCESS_KEY": f"planted-secret-{TOKEN}"}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("stack"))
     up = subprocess.run([sys.executable, "-m", "infra.local_stack", "up", "--dir", directory, "--s3-port", "0",
                          "--mlflow-port", "0", "--ray-port", "0", "--dashboard-port", "0"],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+                        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, **SECRETS})
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         yield directory, dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
@@ -55,10 +67,12 @@ def _listening(process: psutil.Process) -> list:
 
 def test_the_pipeline_on_the_local_stack(stack, tmp_path):
     directory, exported = stack
-    env = {**os.environ, **exported, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **exported, **CLI_SECRETS, "PYTHONPATH": str(ROOT)}
+    started, printed = time.time(), []
 
     def cli(*argv: str, timeout: float = 600) -> dict:
         result = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+        printed.append(result.stdout + result.stderr)
         assert result.returncode == 0, f"{argv[:4]}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return last_json(result.stdout)
 
@@ -137,6 +151,23 @@ def test_the_pipeline_on_the_local_stack(stack, tmp_path):
     assert row["run_id"] == trained["run_id"]
     assert row["miou"] == pytest.approx(scored["miou_before_crf"]) and row["miou_crf"] == pytest.approx(scored["miou"])
     assert {a.path for a in client.list_artifacts(table["comparison_run_id"])} >= {"comparison.csv", "comparison.md"}
+
+    # Secrets never reach what the product writes: files (MLflow store, logs of every service,
+    # Ray's session logs), every object in the S3 endpoint (artifacts, checkpoints, outputs), output.
+    # Not scanned: the S3 endpoint's own request log. MLflow hands out presigned URLs, which carry
+    # the session token by AWS's design, and the endpoint logs each URL it serves.
+    files = [p for root in (Path(directory), tmp_path) for p in root.rglob("*")
+             if p.is_file() and p.name != "s3.log"]
+    files += [p for session in Path("/tmp/ray").glob("session_2*") if session.stat().st_mtime >= started - 600
+              for p in (session / "logs").rglob("*") if p.is_file()]
+    blobs = [(str(p), p.read_bytes()) for p in files]
+    blobs += [(f"s3://{b['Name']}/{o['Key']}", s3.get_object(Bucket=b["Name"], Key=o["Key"])["Body"].read())
+              for b in s3.list_buckets()["Buckets"]
+              for o in s3.list_objects_v2(Bucket=b["Name"]).get("Contents", [])]
+    assert any(name.endswith("mlflow.db") for name, _ in blobs) and any(name.endswith(".pt") for name, _ in blobs)
+    for value in CLI_SECRETS.values():
+        assert not [name for name, data in blobs if value.encode() in data], f"secret {value[:12]}… written"
+        assert not [text for text in printed if value in text], "secret printed by a CLI"
 
     pids = local_stack.Stack.load(directory).pids
     assert local_stack.down(directory, log=lambda _: None) == 4
