@@ -36,8 +36,9 @@ def emit_summary(summary: dict) -> None:
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """The error the user should read behind `error`, also when Ray wrapped it (a task's exception
-    reaches the driver as RayTaskError with `.cause`; Ray Data chains it as `__cause__`)."""
+    """The error the user should read behind `error`, also when Ray wrapped it: a task's exception
+    reaches the driver as RayTaskError with `.cause`; other wrappers chain it as `__cause__`. (Ray
+    Data loses the type altogether, hence segment's `unavailable` row status.)"""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
