@@ -19,6 +19,7 @@ import ray
 from deeplab_core.data.layouts import find_examples
 from deeplab_core.data.synth import write_voc
 from pipelines import storage
+from pipelines.cli import init_ray
 from pipelines.preprocess import convert_shard, preprocess
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw")
         write_voc(raw, train=args.images, val=0, seed=0, size=(500, 375))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        init_ray(log_to_driver=False)
 
         def run_ray(splits=("train",)):
             preprocess("voc", raw, os.path.join(tmp, "ray"), splits=list(splits), aug_copies=args.aug_copies,

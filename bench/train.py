@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from deeplab_core.data.synth import render_scene, void_borders
 from deeplab_core.models import build_model
+from pipelines.cli import init_ray
 from pipelines.config import config_from_dict, load_config
 from pipelines.training import make_optimizer, train_step
 
@@ -113,7 +114,7 @@ def main() -> None:
     print(f"plain PyTorch loop (1 process x {args.threads} threads, batch {cfg.train.batch_size}): "
           f"{loop['iterations_per_s']:.2f} it/s", flush=True)
 
-    ray.init(address="local", num_cpus=args.threads + 1, log_to_driver=False)
+    init_ray(min_cpus=args.threads + 1, log_to_driver=False)
     report = {"model": cfg.model.name, "batch": cfg.train.batch_size, "threads": args.threads,
               "loop_it_per_s": round(loop["iterations_per_s"], 3)}
     for workers in sorted({1, args.threads}):

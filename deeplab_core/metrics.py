@@ -14,12 +14,20 @@ TRIMAP_WIDTHS = tuple(range(1, 41))
 
 
 class ConfusionMatrix:
-    """C×C counts, rows = ground truth, columns = prediction; pixels labelled `ignore_index` (or any
-    value >= C) are not counted."""
+    """C×(C+1) counts, rows = ground truth, columns = prediction; the last column counts predictions
+    outside 0..C-1 (an ignored Cityscapes labelId, 255): a miss of the ground-truth class, as the
+    official Cityscapes evaluation counts it (a false negative, never a false positive of any
+    class). Pixels whose ground truth is `ignore_index` (or any value >= C) are not counted."""
 
     def __init__(self, num_classes: int, matrix: np.ndarray | None = None):
         self.num_classes = num_classes
-        self.matrix = np.zeros((num_classes, num_classes), np.int64) if matrix is None else matrix.astype(np.int64)
+        shape = (num_classes, num_classes + 1)
+        if matrix is None:
+            matrix = np.zeros(shape, np.int64)
+        elif np.shape(matrix) != shape:
+            raise ValueError(f"a confusion matrix of {num_classes} classes is {shape[0]}x{shape[1]}, "
+                             f"got {np.shape(matrix)}")
+        self.matrix = np.asarray(matrix).astype(np.int64)
 
     def update(self, prediction: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> "ConfusionMatrix":
         prediction, target = np.asarray(prediction), np.asarray(target)
@@ -28,8 +36,11 @@ class ConfusionMatrix:
         valid = target < self.num_classes
         if mask is not None:
             valid &= mask
-        index = target[valid].astype(np.int64) * self.num_classes + prediction[valid].astype(np.int64)
-        self.matrix += np.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+        predicted = prediction[valid].astype(np.int64)
+        predicted[(predicted < 0) | (predicted >= self.num_classes)] = self.num_classes
+        index = target[valid].astype(np.int64) * (self.num_classes + 1) + predicted
+        self.matrix += np.bincount(index, minlength=self.num_classes * (self.num_classes + 1)).reshape(
+            self.num_classes, -1)
         return self
 
     def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
@@ -37,7 +48,7 @@ class ConfusionMatrix:
 
     def iou(self) -> np.ndarray:
         tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        union = self.matrix[:, :-1].sum(0) + self.matrix.sum(1) - tp
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, tp / union, np.nan)
 

@@ -328,7 +328,22 @@ def down(directory: str = ".stack", log=print) -> int:
             log(f"stack: stopping {name} (PID {pid})")
             stop_pid(pid)
     Path(directory, "state.json").unlink()
+    forget_ray_address(f"{LOOPBACK}:{stack.ray_port}")
     return running
+
+
+def forget_ray_address(address: str) -> None:
+    """Remove Ray's record of the current cluster (`ray_current_cluster` in its temp dir) when it
+    names this stack's head, as `ray stop` does: a bare `ray.init()` would otherwise try to join the
+    stopped cluster."""
+    from ray._common.utils import get_ray_address_file, reset_ray_address
+
+    try:
+        recorded = Path(get_ray_address_file(None)).read_text().strip()
+    except OSError:
+        return
+    if recorded == address:
+        reset_ray_address()
 
 
 def status(directory: str = ".stack") -> dict:

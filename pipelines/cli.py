@@ -86,21 +86,24 @@ class Progress:
         log(f"{self.name}: {done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f} {self.unit}/s {extra}".rstrip())
 
 
-def init_ray(min_cpus: float = 0) -> None:
+def init_ray(min_cpus: float = 0, log_to_driver: bool = True) -> None:
     """Join the cluster at RAY_ADDRESS, or start a local instance. Locally, Ray's logical CPUs are at
     least `min_cpus` so that training workers and Ray Data tasks can both be scheduled on a small
-    machine (logical CPUs are accounting, not cores)."""
+    machine (logical CPUs are accounting, not cores). The one way every CLI, benchmark and test
+    starts Ray."""
     import ray
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=log_to_driver)
     else:
         # The dashboard stays on: Ray Train V2 watches its runs through the State API it serves.
-        # address="local": never join whatever cluster a `ray start` once recorded in /tmp/ray (it may
-        # be long gone); clusters are joined through RAY_ADDRESS (set by `ray job submit`, or "auto").
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))))
+        # address="local": never join whatever cluster a `ray start` once recorded in Ray's temp dir
+        # (it may be long gone); clusters are joined through RAY_ADDRESS (set by `ray job submit`, or
+        # "auto").
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))),
+                 log_to_driver=log_to_driver)
 
 
 def fit_actors(wanted: int, reserved: float, name: str) -> int:

@@ -3,6 +3,7 @@ overrides. An unknown key or a bad value is refused in one line naming the valid
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,6 +117,22 @@ class ExperimentConfig:
         return out
 
 
+def _number(value) -> int | float | None:
+    """A finite number, also from the text YAML 1.1 leaves as a string (`1e-3`, `1E4`, `2.5e-4`:
+    YAML 1.1 floats need a dot and a signed exponent); None when `value` is not one."""
+    if isinstance(value, str):
+        text = value.strip()
+        for parse in (int, float):  # int first: large integers stay exact
+            try:
+                value = parse(text)
+                break
+            except ValueError:
+                continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
 def _coerce(value, hint, key: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -139,13 +156,15 @@ def _coerce(value, hint, key: str):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _number(value)
+        if number is None or number != int(number):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
+        return int(number)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        return float(number)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")

@@ -15,13 +15,14 @@ from deeplab_core.inference import predict_probabilities  # noqa: E402
 
 
 def confusion_plot(matrix: np.ndarray, classes: list[str], path: str) -> str:
-    """Row-normalised confusion matrix (rows: ground truth)."""
+    """Row-normalised confusion matrix (rows: ground truth; the last column: predictions outside the
+    classes)."""
     rows = matrix.sum(1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     size = max(4, 0.35 * len(classes))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_xticks(range(matrix.shape[1]), [*classes, "(none)"][:matrix.shape[1]], rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")

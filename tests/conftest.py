@@ -62,7 +62,9 @@ def ray_local(s3_endpoint):
     """A real local Ray instance (4 logical CPUs on 2 cores). Started after the S3 variables are set so workers inherit them."""
     import ray
 
-    ray.init(address="local", num_cpus=4, log_to_driver=False)  # logical CPUs: room for Train workers and Ray Data
+    from pipelines.cli import init_ray
+
+    init_ray(min_cpus=4, log_to_driver=False)  # logical CPUs: room for Train workers and Ray Data
     yield ray
     ray.shutdown()
 

@@ -18,6 +18,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from ray._common.utils import get_ray_address_file
 
 from infra import local_stack
 from tests.conftest import upload_tree
@@ -169,6 +170,10 @@ def test_the_pipeline_on_the_local_stack(stack, tmp_path):
         assert not [name for name, data in blobs if value.encode() in data], f"secret {value[:12]}… written"
         assert not [text for text in printed if value in text], "secret printed by a CLI"
 
-    pids = local_stack.Stack.load(directory).pids
+    stack_record = local_stack.Stack.load(directory)
+    pids, head = stack_record.pids, f"127.0.0.1:{stack_record.ray_port}"
+    ray_record = Path(get_ray_address_file(None))
+    assert ray_record.read_text().strip() == head  # `ray start --head` records the cluster...
     assert local_stack.down(directory, log=lambda _: None) == 4
+    assert not ray_record.exists() or ray_record.read_text().strip() != head  # ...and `down` forgets it
     assert not any(local_stack.service_running(pid, name) for name, pid in pids.items())

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from deeplab_core.data.codec import decode_label, encode_png
 from deeplab_core.data.labels import CITYSCAPES, IGNORE_INDEX, VOC, cityscapes_to_train_ids
 from deeplab_core.data.layouts import find_examples, load_label
+from deeplab_core.metrics import ConfusionMatrix
 from deeplab_core.data.synth import write_cityscapes, write_voc
 from deeplab_core.search import coarse_to_fine
 from pipelines import compare, crf_search, evaluate
@@ -225,3 +226,52 @@ def test_evaluate_bad_arguments(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", *argv], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_cityscapes_predictions_in_ignored_ids_match_the_official_evaluation(tmp_path, capsys, tracking):
+    """Predictions holding ignored labelIds (0 unlabeled, 1 ego vehicle, 3 out of roi, ...) are misses
+    of the ground-truth class: per-class IoU and mIoU equal cityscapesscripts' own numbers."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    root = tmp_path / "cs"
+    write_cityscapes(root, train=0, val=3, seed=5, size=(96, 48))
+    rng = np.random.default_rng(0)
+    ignored_ids = [0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30]
+    pred_dir, predictions, truths = tmp_path / "pred", [], []
+    pred_dir.mkdir()
+    for gt_path in sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png")):
+        prediction = decode_label(gt_path.read_bytes()).copy()
+        noise = rng.random(prediction.shape)
+        prediction[noise < 0.2] = rng.choice(ignored_ids, size=int((noise < 0.2).sum()))
+        prediction[(noise >= 0.2) & (noise < 0.35)] = rng.choice([7, 8, 11, 21, 23, 24, 26],
+                                                                  size=int(((noise >= 0.2) & (noise < 0.35)).sum()))
+        path = pred_dir / gt_path.name.replace("_gtFine_labelIds", "_leftImg8bit")
+        path.write_bytes(encode_png(prediction))
+        predictions.append(str(path))
+        truths.append(str(gt_path))
+
+    assert evaluate.main(["--dataset", "cityscapes", "--gt-root", str(root), "--pred", str(pred_dir)]) == 0
+    ours = last_json(capsys)
+
+    official.args.evalInstLevelScore = False  # its instance statistics fail on current numpy
+    official.args.JSONOutput = False
+    official.args.quiet = True
+    result = official.evaluateImgLists(predictions, truths, official.args)
+    evaluated = {official.id2label[i].name for i in official.args.evalLabels
+                 if not official.id2label[i].ignoreInEval}  # the 19 classes
+    theirs = {name: (None if np.isnan(v) else v) for name, v in result["classScores"].items() if name in evaluated}
+    assert set(theirs) == set(ours["per_class_iou"])
+    for name, value in theirs.items():
+        assert ours["per_class_iou"][name] == pytest.approx(value, abs=1e-12) if value is not None \
+            else ours["per_class_iou"][name] is None, name
+    assert ours["miou"] == pytest.approx(result["averageScoreClasses"], abs=1e-12)
+    assert ours["miou"] < 0.8  # the noise costs something: the check is not vacuous
+
+
+def test_predictions_outside_the_classes_are_misses_not_crashes():
+    gt = np.array([[0, 1, 2, 255]], np.uint8)
+    pred = np.array([[255, 1, 7, 3]], np.uint8)
+    cm = ConfusionMatrix(3).update(pred, gt)
+    # class 0: its only pixel missed; class 1: hit; class 2: missed, no false positive anywhere
+    np.testing.assert_allclose(cm.iou(), [0.0, 1.0, 0.0])
+    assert cm.pixel_accuracy() == pytest.approx(1 / 3) and cm.matrix.sum() == 3

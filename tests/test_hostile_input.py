@@ -147,3 +147,28 @@ def test_decoders_refuse_wrong_label_modes():
     Image.new("RGB", (8, 8)).save(rgb, format="PNG")
     with pytest.raises(DecodeError, match="single-channel or palette"):
         decode_label(rgb.getvalue())
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1E4", 1e4), (".5", 0.5), ("2.5e-4", 2.5e-4),
+                                         ("1_000", 1000.0), ("3", 3.0), ("-1.5e+2", -150.0)])
+def test_numbers_as_users_type_them_are_accepted_in_set_and_yaml(tmp_path, text, value):
+    base = str(ROOT / "configs" / "synthetic_tiny.yaml")
+    assert load_config(base, [f"train.momentum={text}"]).train.momentum == value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(Path(base).read_text().replace("\ntrain:\n", f"\ntrain:\n  momentum: {text}\n", 1))
+    assert load_config(str(path)).train.momentum == value
+    if value == int(value) and value >= 1:
+        assert load_config(base, [f"train.iterations={text}"]).train.iterations == int(value)
+
+
+@pytest.mark.parametrize("text, message", [("abc", "train.base_lr must be a number, got 'abc'"),
+                                           ("1e-3x", "train.base_lr must be a number, got '1e-3x'"),
+                                           ("nan", "train.base_lr must be a number, got 'nan'"),
+                                           ("1e999", "train.base_lr must be a number, got '1e999'"),
+                                           ("true", "train.base_lr must be a number, got True")])
+def test_non_numbers_are_refused_in_one_line(text, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(str(ROOT / "configs" / "synthetic_tiny.yaml"), [f"train.base_lr={text}"])
+    assert str(e.value) == message
+    with pytest.raises(ConfigError, match="train.iterations must be an integer, got 2.5"):
+        load_config(str(ROOT / "configs" / "synthetic_tiny.yaml"), ["train.iterations=2.5"])
