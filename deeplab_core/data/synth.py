@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.io import savemat
+from PIL import Image
 
 from .codec import encode_jpeg, encode_png
 from .labels import CITYSCAPES_LABELS, IGNORE_INDEX, VOC
@@ -144,6 +144,29 @@ def render_scene(rng: np.random.Generator, height: int, width: int, object_class
     return np.clip(img, 0, 255).astype(np.uint8), label, instances
 
 
+def crf_scene(seed: int, num_classes: int, height: int, width: int, stride: int = 16,
+              confidence: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CRF input as a DCNN gives it: an image of four scenes (2×2) and its class probabilities,
+    made as a network's are, from scores on a 1/`stride` grid (class areas plus noise), upsampled
+    bilinearly, then a softmax of `confidence`× their log. Returns (image H×W×3 uint8, probabilities
+    C×H×W float32, true labels H×W)."""
+    rng = np.random.default_rng([seed, num_classes])
+    tiles = [render_scene(rng, height // 2, width // 2, range(1, num_classes), max_objects=6,
+                          scale_range=(0.15, 0.6))[:2] for _ in range(4)]
+    image, label = (np.concatenate([np.concatenate([tiles[0][k], tiles[1][k]], 1),
+                                    np.concatenate([tiles[2][k], tiles[3][k]], 1)], 0) for k in (0, 1))
+    height, width = label.shape
+    grid = (-(-height // stride), -(-width // stride))
+    padded = np.zeros((num_classes, grid[0] * stride, grid[1] * stride), np.float32)
+    padded[:, :height, :width] = np.eye(num_classes, dtype=np.float32)[label].transpose(2, 0, 1)
+    area = padded.reshape(num_classes, grid[0], stride, grid[1], stride).mean((2, 4))
+    scores = confidence * np.log(area + 0.5 * rng.random(area.shape, dtype=np.float32) + 0.05)
+    logits = np.stack([np.asarray(Image.fromarray(c, mode="F").resize((width, height), Image.BILINEAR))
+                       for c in scores.astype(np.float32)])
+    probs = np.exp(logits - logits.max(0))
+    return image, (probs / probs.sum(0)).astype(np.float32), label
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -166,6 +189,8 @@ def write_voc(root: str | os.PathLike, train: int, val: int, seed: int = 0, size
     SBD overlaps VOC as the real one does: some SBD images are VOC val images (which the
     train_aug recipe must drop), some are VOC train images, and `sbd_extra` exist only in SBD.
     """
+    from scipy.io import savemat  # here: the rest of this module runs where scipy is absent (bench/crf.py)
+
     if not 1 <= classes < VOC.num_classes:
         raise ValueError(f"classes must be 1..{VOC.num_classes - 1}, got {classes}")
     root = Path(root)
