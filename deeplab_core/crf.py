@@ -94,7 +94,8 @@ def dense_crf(image, probs, params: CRFParams = CRFParams(), backend: str = "pyd
     """Refine class probabilities with the fully connected CRF.
 
     image: H×W×3 uint8 RGB; probs: C×H×W class probabilities (rows sum to 1). Returns C×H×W float32
-    (a numpy array; with backend="torch" and a tensor `probs`, a tensor on `device`, default its own).
+    (a numpy array; with backend="torch" and a tensor `probs`, a tensor on `device`, default its own;
+    numpy inputs go to the GPU when there is one).
     `backend`: "pydensecrf" (Krähenbühl's C++ on one CPU core) or "torch" (`crf_torch`, the same
     inference in PyTorch ops on any device)."""
     if backend == "torch":
@@ -102,6 +103,8 @@ def dense_crf(image, probs, params: CRFParams = CRFParams(), backend: str = "pyd
 
         from .crf_torch import dense_crf_batch
 
+        if device is None and not isinstance(probs, torch.Tensor):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         (out,) = dense_crf_batch([image], [probs], params, device=device)
         return out if isinstance(probs, torch.Tensor) else out.cpu().numpy()
     if backend != "pydensecrf":

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .crf import CRFParams, dense_crf
+from .crf_torch import dense_crf_batch
 from .data.transforms import normalize
 from .models import tta_probabilities
 from .models.msc import _rescale
@@ -29,10 +30,10 @@ def _coarse(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_coarse(model: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
-                   scales=(1.0,), flip: bool = False, amp: bool = False) -> np.ndarray:
-    """N×H×W×3 uint8 (one size) -> N×C×h×w float32 scores on the network's output grid, whose
-    softmax after `upsample_probabilities` is the class probabilities at the image size.
+def coarse_scores(model: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
+                  scales=(1.0,), flip: bool = False, amp: bool = False) -> torch.Tensor:
+    """N×H×W×3 uint8 (one size) -> N×C×h×w float32 scores on the network's output grid, on `device`;
+    their softmax after `upsample_probabilities` is the class probabilities at the image size.
 
     A single scale without flip returns the raw coarse logits, so upsampling them reproduces the
     model's own forward bit for bit. With test-time scales/flips the probabilities of each pass are
@@ -41,7 +42,7 @@ def predict_coarse(model: nn.Module, images: np.ndarray, device: torch.device | 
     device_type = torch.device(device).type
     with torch.autocast(device_type, enabled=amp and device_type == "cuda"):
         if tuple(scales) == (1.0,) and not flip:
-            return _coarse(model, x).float().cpu().numpy()
+            return _coarse(model, x).float()
         grid = _coarse(model, x).shape[-2:]
         total = 0
         for s in scales:
@@ -50,7 +51,13 @@ def predict_coarse(model: nn.Module, images: np.ndarray, device: torch.device | 
                 logits = F.interpolate(logits.flip(-1) if flipped else logits, size=grid, mode="bilinear",
                                        align_corners=False)
                 total = total + logits.float().softmax(1)
-        return (total / (len(scales) * (2 if flip else 1))).clamp_min(1e-12).log().cpu().numpy()
+        return (total / (len(scales) * (2 if flip else 1))).clamp_min(1e-12).log()
+
+
+def predict_coarse(model: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
+                   scales=(1.0,), flip: bool = False, amp: bool = False) -> np.ndarray:
+    """`coarse_scores` as a numpy array (what crosses to the CPU CRF stage)."""
+    return coarse_scores(model, images, device, scales, flip, amp).cpu().numpy()
 
 
 def upsample_probabilities(coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -59,10 +66,21 @@ def upsample_probabilities(coarse: np.ndarray, size: tuple[int, int]) -> np.ndar
     return logits.softmax(1)[0].numpy()
 
 
-def label_map(image: np.ndarray, coarse: np.ndarray, crf: CRFParams | None = None) -> np.ndarray:
+def label_map(image: np.ndarray, coarse: np.ndarray, crf: CRFParams | None = None,
+              crf_backend: str = "pydensecrf") -> np.ndarray:
     """The mask of one image: scores upsampled to its size, refined by the dense CRF unless `crf` is
     None, then the most likely class per pixel (H×W uint8)."""
     probs = upsample_probabilities(coarse, image.shape[:2])
     if crf is not None:
-        probs = dense_crf(image, probs, crf)
+        probs = dense_crf(image, probs, crf, crf_backend)
     return probs.argmax(0).astype(np.uint8)
+
+
+@torch.no_grad()
+def label_maps_on_device(images: np.ndarray, coarse: torch.Tensor, crf: CRFParams | None) -> np.ndarray:
+    """`label_map` of N images of one size at once, where `coarse` lies (the model's GPU): upsample,
+    softmax, the torch dense CRF batched over the N images, argmax. Returns N×H×W uint8."""
+    probs = upsample_logits(coarse.float(), images.shape[1:3]).softmax(1)
+    if crf is not None:
+        probs = dense_crf_batch(torch.from_numpy(np.ascontiguousarray(images)).to(coarse.device), probs, crf)
+    return probs.argmax(1).to(torch.uint8).cpu().numpy()

@@ -19,9 +19,10 @@ import tempfile
 import warnings
 
 import mlflow
+import ray
 
 from deeplab_core.checkpoint import load_model
-from deeplab_core.crf import CRFParams
+from deeplab_core.crf import BACKENDS, CRFParams
 from deeplab_core.data.codec import decode_row
 from deeplab_core.inference import label_map, predict_coarse
 from deeplab_core.metrics import ConfusionMatrix
@@ -30,18 +31,19 @@ from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, init_ray, log, run
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.model_uri import download_model
+from pipelines.segment import crf_backend
 
 EXPERIMENT = "crf-search"
 # The paper's ranges: w1 in [3, 6], σα in [30, 100], σβ in [3, 6].
 AXES = {"bi_w": (3.0, 6.0), "bi_xy_std": (30.0, 100.0), "bi_rgb_std": (3.0, 6.0)}
 
 
-def crf_miou(examples: list[tuple], num_classes: int, crf: dict | None) -> float:
+def crf_miou(examples: list[tuple], num_classes: int, crf: dict | None, backend: str = "pydensecrf") -> float:
     """mIoU of (image, coarse scores, label) examples, refined with `crf` (None: no CRF)."""
     cm = ConfusionMatrix(num_classes)
     params = CRFParams(**crf) if crf is not None else None
     for image, coarse, label in examples:
-        cm.update(label_map(image, coarse, params), label)
+        cm.update(label_map(image, coarse, params, backend), label)
     return cm.miou()
 
 
@@ -58,26 +60,28 @@ def prepare(model_uri: str, rows: list[dict]) -> tuple[list[tuple], dict]:
 
 
 def search(examples: list[tuple], num_classes: int, fixed: dict, axes: dict = AXES, points: int = 3,
-           rounds: int = 2) -> tuple[dict, float, list[tuple[dict, float]]]:
-    """Coarse-to-fine over `axes` with Ray tasks, one per setting."""
+           rounds: int = 2, backend: str = "pydensecrf", gpus: bool = False) -> tuple[dict, float, list[tuple[dict, float]]]:
+    """Coarse-to-fine over `axes` with Ray tasks, one per setting (sharing a GPU with three others
+    when the torch CRF runs on GPUs)."""
     import ray
 
-    score_task = ray.remote(num_cpus=1)(crf_miou)
+    on_gpu = gpus and backend == "torch"
+    score_task = ray.remote(num_cpus=1, num_gpus=0.25 if on_gpu else 0)(crf_miou)
     shared = ray.put(examples)
 
     def score(settings: list[dict]) -> list[float]:
-        log(f"crf_search: scoring {len(settings)} settings on {len(examples)} images")
-        return ray.get([score_task.remote(shared, num_classes, {**fixed, **s}) for s in settings])
+        log(f"crf_search: scoring {len(settings)} settings on {len(examples)} images ({backend} CRF)")
+        return ray.get([score_task.remote(shared, num_classes, {**fixed, **s}, backend) for s in settings])
 
     return coarse_to_fine(score, axes, points, rounds)
 
 
 def log_search(experiment: str, model_uri: str, best: dict, fixed: dict, miou: float, baseline: float,
-               table: list[tuple[dict, float]], images: int) -> str | None:
+               table: list[tuple[dict, float]], images: int, backend: str) -> str | None:
     try:
         experiment_id = tracking.setup(experiment)
         with mlflow.start_run(experiment_id=experiment_id, run_name="crf-search") as active:
-            mlflow.log_params({"model_uri": model_uri, "images": images,
+            mlflow.log_params({"model_uri": model_uri, "images": images, "crf_backend": backend,
                                **{f"crf.{k}": v for k, v in {**fixed, **best}.items()}})
             mlflow.log_metrics({"miou_crf": miou, "miou_no_crf": baseline, "settings_evaluated": len(table)})
             buffer = io.StringIO()
@@ -106,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=3, help="grid points per axis and round (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="coarse-to-fine rounds (default 2)")
     p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (default 10)")
+    p.add_argument("--crf-backend", choices=("auto", *BACKENDS), default="auto",
+                   help="auto (default): torch on the GPUs when the cluster has GPUs, else pydensecrf")
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default %(default)s)")
     args = p.parse_args(argv)
     for name in ("images", "iterations", "rounds"):
@@ -123,13 +129,16 @@ def main(argv=None) -> int:
                      columns=("image_id", "image", "label", "height", "width"), limit=args.images)
     examples, spec = prepare(args.model, rows)
     init_ray(min_cpus=2)
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    backend = crf_backend(args.crf_backend, gpus)
     fixed = {"pos_w": 3.0, "pos_xy_std": 3.0, "iterations": args.iterations}
     baseline = crf_miou(examples, spec["num_classes"], None)
-    best, miou, table = search(examples, spec["num_classes"], fixed, AXES, args.points, args.rounds)
-    run_id = log_search(args.experiment, args.model, best, fixed, miou, baseline, table, len(examples))
+    best, miou, table = search(examples, spec["num_classes"], fixed, AXES, args.points, args.rounds, backend, gpus)
+    run_id = log_search(args.experiment, args.model, best, fixed, miou, baseline, table, len(examples), backend)
     log(f"crf_search: best {best} mIoU {miou:.4f} (no CRF {baseline:.4f}), {len(table)} settings"
         + (f"; use --crf-params runs:/{run_id}" if run_id else ""))
     emit_summary({"run_id": run_id, "best": {**fixed, **best}, "miou": miou, "miou_no_crf": baseline,
+                  "crf_backend": backend,
                   "evaluated": len(table), "images": len(examples)})
     return 0
 

@@ -37,32 +37,36 @@ from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.datasets import load_manifest, split_files
 from pipelines.model_uri import download_model, model_run_id
 from pipelines.reports import trimap_plot
-from pipelines.segment import add_crf_arguments, crf_params
+from pipelines.segment import add_crf_arguments, crf_backend, crf_params
 
 EXPERIMENT = "evaluation"
 
 
 class ScoreStage:
-    """Ray Data actor: Parquet rows -> the summed scores of this batch, without and with the CRF."""
+    """Ray Data actor: Parquet rows -> the summed scores of this batch, without and with the CRF. On
+    a GPU when the actor has one (model and torch CRF)."""
 
-    def __init__(self, model_dir: str, crf: dict | None, threads: int = 1):
+    def __init__(self, model_dir: str, crf: dict | None, crf_backend: str = "pydensecrf", threads: int = 1):
         import torch
 
         from deeplab_core.crf import CRFParams
 
         torch.set_num_threads(threads)
-        self.model, self.spec = load_model(model_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.spec = load_model(model_dir, map_location=self.device)
+        self.model.to(self.device)
         self.crf = CRFParams(**crf) if crf else None
+        self.crf_backend = crf_backend
 
     def __call__(self, batch: dict) -> dict:
         before = SegmentationScores(self.spec["num_classes"])
         after = SegmentationScores(self.spec["num_classes"])
         for row in zip(*(batch[k] for k in ("image_id", "image", "label", "height", "width"))):
             image, label = decode_row(dict(zip(("image_id", "image", "label", "height", "width"), row)))
-            coarse = predict_coarse(self.model, image[None])[0]
+            coarse = predict_coarse(self.model, image[None], self.device)[0]
             before.update(label_map(image, coarse), label)
             if self.crf is not None:
-                after.update(label_map(image, coarse, self.crf), label)
+                after.update(label_map(image, coarse, self.crf, self.crf_backend), label)
         return {f"{name}_{k}": [v] for name, scores in (("before", before), ("after", after))
                 for k, v in scores.to_arrays().items()} | {"images": [len(batch["image_id"])]}
 
@@ -86,8 +90,11 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
     if args.limit:
         ds = ds.limit(args.limit)
     total = min(args.limit or manifest["splits"][args.split]["rows"], manifest["splits"][args.split]["rows"])
-    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf}, batch_size=4,
-                        concurrency=fit_actors(args.actors, 1, "evaluate"), num_cpus=1)
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    backend = crf_backend(args.crf_backend, gpus)
+    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf, "crf_backend": backend},
+                        batch_size=4, concurrency=fit_actors(args.actors, 1, "evaluate"), num_cpus=1,
+                        num_gpus=1 if gpus else 0)
     before = after = SegmentationScores(spec["num_classes"])
     progress, done = Progress("evaluate", total, "images"), 0
     for row in ds.iter_rows():
@@ -98,7 +105,7 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
         done += row["images"]
         progress.update(done)
     scores = {"before_crf": before, **({"after_crf": after} if crf else {})}
-    return {"images": done, "classes": spec["classes"]}, scores
+    return {"images": done, "classes": spec["classes"], **({"crf_backend": backend} if crf else {})}, scores
 
 
 def _prediction_index(pred: str, dataset: str) -> dict[str, str]:
@@ -149,6 +156,7 @@ def summarize(info: dict, scores: dict[str, SegmentationScores]) -> dict:
            "miou_before_crf": stages["before_crf"]["miou"]}
     if "after_crf" in stages:
         out["miou_after_crf"] = stages["after_crf"]["miou"]
+        out["crf_backend"] = info["crf_backend"]
     return out
 
 
@@ -181,6 +189,7 @@ def log_to_mlflow(args, summary: dict, crf: dict | None) -> str | None:
         client.set_tag(run_id, "eval.split", args.split)
         if crf:
             client.set_tag(run_id, "eval.crf", json.dumps(crf, sort_keys=True))
+            client.set_tag(run_id, "eval.crf_backend", summary["crf_backend"])
         with tempfile.TemporaryDirectory() as tmp:
             trimap_plot({stage: s["trimap_miou"] for stage, s in summary["stages"].items()},
                         os.path.join(tmp, "trimap.png"))

@@ -10,14 +10,15 @@ Inputs already processed (same size and modification time, recorded in --output/
 skipped; --force redoes everything. Unreadable files get an error row; the rest goes on.
 
 Stages: read + decode (CPU tasks) -> model (actor pool, one GPU per actor when the cluster has GPUs)
--> dense CRF (CPU actor pool) -> write (CPU tasks). Each run is an MLflow run in experiment
+-> dense CRF -> write (CPU tasks). With GPUs the CRF (--crf-backend auto: the torch one) runs in the
+model actors right after the forward pass; on CPU-only clusters a CPU actor pool runs it
+(pydensecrf). Each run is an MLflow run in experiment
 "batch-segmentation". Exit 0 unless the model cannot be loaded or no input could be processed.
 The last stdout line is a JSON summary: images, errors, skipped, output.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import posixpath
@@ -27,7 +28,7 @@ import warnings
 import numpy as np
 
 from deeplab_core.checkpoint import load_model
-from deeplab_core.crf import CRF_PRESETS, CRFParams
+from deeplab_core.crf import BACKENDS, CRF_PRESETS, CRFParams
 from deeplab_core.data.codec import MAX_PIXELS
 from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
@@ -52,31 +53,41 @@ def crf_params(args, parser) -> dict | None:
             params = MlflowClient().get_run(run_id).data.params
         except Exception as e:
             raise ValueError(f"--crf-params {args.crf_params}: cannot read the run: {str(e).splitlines()[0][:200]}") from None
-        found = {k[len("crf."):]: float(v) for k, v in params.items() if k.startswith("crf.")}
+        found = {k[len("crf."):]: v for k, v in params.items() if k.startswith("crf.")}
         if not found:
             raise ValueError(f"--crf-params {args.crf_params}: the run has no crf.* params")
         values.update(found)
-    valid = [f.name for f in dataclasses.fields(CRFParams)]
     for item in args.crf:
         key, sep, value = item.partition("=")
-        if not sep or key not in valid:
-            parser.error(f"--crf {item}: expected KEY=VALUE with KEY one of {', '.join(valid)}")
-        try:
-            values[key] = float(value)
-        except ValueError:
-            parser.error(f"--crf {item}: {value!r} is not a number")
-    values["iterations"] = int(values["iterations"])
-    return CRFParams(**values).to_dict()  # validates
+        if not sep:
+            parser.error(f"--crf {item}: expected KEY=VALUE")
+        values[key] = value
+    try:
+        return CRFParams.from_strings(values).to_dict()  # validates
+    except ValueError as e:
+        parser.error(f"--crf: {e}")
+
+
+def crf_backend(requested: str, cluster_has_gpus: bool) -> str:
+    """`--crf-backend auto`: the torch CRF on the GPUs when there are GPUs, else pydensecrf."""
+    if requested != "auto":
+        return requested
+    return "torch" if cluster_has_gpus else "pydensecrf"
 
 
 def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
     crf = parser.add_argument_group("CRF (defaults: the released DeepLab ResNet-101 VOC setting)")
     crf.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
+    crf.add_argument("--crf-backend", choices=("auto", *BACKENDS), default="auto",
+                     help="auto (default): torch on the GPUs when the cluster has GPUs, pydensecrf on CPU-only "
+                          "clusters; pydensecrf: Krähenbühl's C++ on one CPU core per image; torch: the same "
+                          "inference in PyTorch ops (deeplab_core.crf_torch), on the GPU when there is one")
     crf.add_argument("--crf-preset", choices=sorted(CRF_PRESETS), default="resnet101_voc")
     crf.add_argument("--crf-params", metavar="runs:/RUN_ID",
                      help="take the crf.* params of this MLflow run (e.g. the best of a CRF search)")
     crf.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one CRF parameter, e.g. --crf bi_w=5 (repeatable)")
+                     help="override one CRF parameter, e.g. --crf bi_w=5 or --crf normalization=after "
+                          "(repeatable)")
 
 
 def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
@@ -102,10 +113,11 @@ def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict]
     return items, refused
 
 
-def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_classes: int) -> dict:
+def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_classes: int, backend: str) -> dict:
     return {**item, "decode_ms": 0.0, "model_ms": 0.0, "crf_ms": 0.0, "mask_uri": "", "height": 0, "width": 0,
             "class_pixels": [0] * num_classes, "write_ms": 0.0, "status": "error", "error": error,
-            "model_uri": model_uri, "crf_params": json.dumps(crf, sort_keys=True) if crf else ""}
+            "model_uri": model_uri, "crf_params": json.dumps(crf, sort_keys=True) if crf else "",
+            "crf_backend": backend if crf else ""}
 
 
 def segment(args, crf: dict | None) -> dict:
@@ -127,12 +139,19 @@ def segment(args, crf: dict | None) -> dict:
     skipped = len(items) - len(todo)
     log(f"segment: {len(items)} images under {args.input}, {skipped} already processed, {len(todo)} to do")
 
+    gpus = False
+    if todo:
+        import ray
+
+        init_ray(min_cpus=args.model_actors * args.model_cpus + args.crf_actors + 1)
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+    backend = crf_backend(args.crf_backend, gpus)
     rows = [error_row({k: v for k, v in c.items() if k != "error"}, c["error"], args.model, crf,
-                      spec["num_classes"]) for c in refused]
+                      spec["num_classes"], backend) for c in refused]
     stage_ms = {k: 0.0 for k in ("decode_ms", "model_ms", "crf_ms", "write_ms")}
     counts = {"ok": 0, "error": len(rows)}
     if todo:
-        for row in run_graph(args, todo, model_dir, spec, crf, output):
+        for row in run_graph(args, todo, model_dir, spec, crf, output, backend, gpus):
             if row["status"] == UNAVAILABLE:
                 raise storage.StorageUnavailable(row["error"])
             rows.append(row)
@@ -151,37 +170,43 @@ def segment(args, crf: dict | None) -> dict:
     summary = {"images": counts["ok"], "errors": counts["error"], "skipped": skipped, "output": args.output,
                "seconds": round(elapsed, 2), "images_per_s": round(counts["ok"] / elapsed, 3),
                **{k: round(v / max(1, done_images), 1) for k, v in stage_ms.items()}}
-    log_run(args, crf, summary)
+    log_run(args, crf, backend, summary)
     return summary
 
 
-def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | None, output: str):
-    """The Ray Data graph; yields one summary row per input as results stream back."""
+def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | None, output: str, backend: str,
+              gpus: bool):
+    """The Ray Data graph; yields one summary row per input as results stream back. With GPUs (and
+    the torch CRF, or none) the model actors make the masks; otherwise a CPU actor pool does."""
     import ray
 
-    init_ray(min_cpus=args.model_actors * args.model_cpus + args.crf_actors + 1)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our Progress lines say it once
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
-    crf_actors = fit_actors(args.crf_actors if crf else 1, (0 if gpus else args.model_actors * args.model_cpus) + 1,
-                            "segment: CRF")
+    masks_on_gpu = gpus and (crf is None or backend == "torch")
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels}, batch_size=4, num_cpus=0.5)
     ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
         "model_dir": model_dir, "scales": tuple(args.tta_scales), "flip": args.tta_flip, "amp": not args.no_amp,
-        "threads": args.model_cpus}, batch_size=args.batch_size, concurrency=args.model_actors,
+        "threads": args.model_cpus, "masks": masks_on_gpu, "crf": crf if masks_on_gpu else None,
+        "keep_image": args.overlays or not masks_on_gpu}, batch_size=args.batch_size, concurrency=args.model_actors,
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
-    ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays},
-                        batch_size=1, concurrency=crf_actors, num_cpus=1)
+    if not masks_on_gpu:
+        crf_actors = fit_actors(args.crf_actors if crf else 1, (0 if gpus else args.model_actors * args.model_cpus)
+                                + 1, "segment: CRF")
+        ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays,
+                                                               "crf_backend": backend},
+                            batch_size=1, concurrency=crf_actors, num_cpus=1)
+    log(f"segment: CRF {backend if crf else 'off'}, " + ("in the model actors on the GPU" if masks_on_gpu
+                                                           else "in a CPU actor pool"))
     ds = ds.map_batches(write_outputs, fn_kwargs={
         "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
-        "model_uri": args.model, "crf": crf}, batch_size=8, num_cpus=0.5)
+        "model_uri": args.model, "crf": crf, "crf_backend": backend}, batch_size=8, num_cpus=0.5)
     progress = Progress("segment", len(todo), "images")
     for done, row in enumerate(ds.iter_rows(), 1):
         progress.update(done)
         yield {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}
 
 
-def log_run(args, crf: dict | None, summary: dict) -> None:
+def log_run(args, crf: dict | None, backend: str, summary: dict) -> None:
     """One MLflow run per batch job; an unreachable tracking server costs a warning, not the job."""
     import mlflow
 
@@ -190,7 +215,8 @@ def log_run(args, crf: dict | None, summary: dict) -> None:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"segment-{time.strftime('%Y%m%d-%H%M%S')}"):
             mlflow.log_params({"model_uri": args.model, "input": args.input, "output": args.output,
                                "tta_scales": ",".join(map(str, args.tta_scales)), "tta_flip": args.tta_flip,
-                               **({f"crf.{k}": v for k, v in crf.items()} if crf else {"crf": "none"})})
+                               **({f"crf.{k}": v for k, v in crf.items()} | {"crf_backend": backend}
+                                  if crf else {"crf": "none"})})
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if k != "output"})
     except Exception as e:
         warnings.warn(f"MLflow: batch-segmentation run not logged: {type(e).__name__}: "

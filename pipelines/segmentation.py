@@ -1,7 +1,14 @@
 """The stages of batch segmentation, as Ray Data batch functions and actor classes.
 
-    list -> read + decode (CPU tasks) -> ModelStage (actor pool, GPU when present)
+    CPU-only cluster:
+    list -> read + decode (CPU tasks) -> ModelStage (actor pool)
          -> LabelStage (CPU actor pool: upsample + dense CRF + argmax) -> write_outputs (CPU tasks)
+    cluster with GPUs (CRF backend torch, or no CRF):
+    list -> read + decode -> ModelStage (GPU actors: forward, upsample, torch dense CRF batched,
+         argmax) -> write_outputs
+
+On GPUs the pydensecrf CRF (~1 s per VOC image on one core) would leave the GPU idle, so there the
+CRF runs right after the forward pass, on the same device, and no CPU CRF pool is started.
 
 What crosses from the model stage to the CRF stage is the network's coarse output (logits on its
 1/8 or 1/16 grid, `deeplab_core.inference.predict_coarse`), not full-size probabilities: for a
@@ -28,13 +35,14 @@ from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import DecodeError, decode_image, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
-from deeplab_core.inference import label_map, predict_coarse
+from deeplab_core.inference import coarse_scores, label_map, label_maps_on_device
 from pipelines import storage
 
 MANIFEST_DIR = "_manifest"
 SUMMARY_DIR = "summary"
 EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 EMPTY_SCORES = np.zeros((0, 0, 0), np.float32)
+EMPTY_MASK = np.zeros((0, 0), np.uint8)
 
 
 # The store did not answer for this row: not a verdict on the image. The driver stops the run at the
@@ -70,56 +78,73 @@ def read_and_decode(batch: dict, max_pixels: int) -> dict:
 
 class ModelStage:
     """Actor: the network on a GPU when the actor has one, else on CPU with `threads` threads.
-    Images of the same size in a batch go through one forward pass."""
+    Images of the same size in a batch go through one forward pass. With `masks`, the masks are made
+    here, right after the forward pass and on the same device (upsample, the torch dense CRF batched
+    over the group, argmax): the GPU path, where no CPU CRF pool is needed."""
 
-    def __init__(self, model_dir: str, scales=(1.0,), flip: bool = False, amp: bool = True, threads: int = 1):
+    def __init__(self, model_dir: str, scales=(1.0,), flip: bool = False, amp: bool = True, threads: int = 1,
+                 masks: bool = False, crf: dict | None = None, keep_image: bool = True):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.model, _ = load_model(model_dir, map_location=self.device)
         self.model.to(self.device)
         self.scales, self.flip, self.amp = tuple(scales), flip, amp and self.device.type == "cuda"
+        self.masks, self.keep_image = masks, keep_image
+        self.crf = CRFParams(**crf) if crf is not None else None
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
-        coarse, model_ms = [EMPTY_SCORES] * n, [0.0] * n
+        coarse, masks, model_ms, crf_ms = [EMPTY_SCORES] * n, [EMPTY_MASK] * n, [0.0] * n, [0.0] * n
         status, errors = list(batch["status"]), list(batch["error"])
         groups: dict[tuple, list[int]] = {}
         for i in range(n):
             if status[i] == "ok":
                 groups.setdefault(batch["image"][i].shape, []).append(i)
         for rows in groups.values():
+            images = np.stack([batch["image"][i] for i in rows])
             start = time.perf_counter()
             try:
-                scores = predict_coarse(self.model, np.stack([batch["image"][i] for i in rows]), self.device,
-                                        self.scales, self.flip, self.amp)
+                scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed, start = _ms(start) / len(rows), time.perf_counter()
+                out = label_maps_on_device(images, scores, self.crf) if self.masks else scores.cpu().numpy()
             except (RuntimeError, ValueError) as e:  # e.g. out of memory on one huge image
                 for i in rows:
                     status[i], errors[i] = "error", f"model: {str(e).splitlines()[0][:300]}"
                 continue
             for k, i in enumerate(rows):
-                coarse[i], model_ms[i] = scores[k], _ms(start) / len(rows)
-        return {**batch, "coarse": coarse, "model_ms": model_ms, "status": status, "error": errors}
+                model_ms[i] = elapsed
+                if self.masks:
+                    masks[i], crf_ms[i] = out[k], _ms(start) / len(rows)
+                else:
+                    coarse[i] = out[k]
+        common = {"model_ms": model_ms, "status": status, "error": errors}
+        if self.masks:
+            kept = {k: v for k, v in batch.items() if self.keep_image or k != "image"}
+            return {**kept, **common, "mask": masks, "crf_ms": crf_ms}
+        return {**batch, **common, "coarse": coarse}
 
 
 class LabelStage:
-    """Actor (CPU): coarse scores -> mask, through the dense CRF unless `crf` is None."""
+    """Actor (CPU): coarse scores -> mask, through the dense CRF (`crf_backend`) unless `crf` is None."""
 
-    def __init__(self, crf: dict | None, keep_image: bool):
+    def __init__(self, crf: dict | None, keep_image: bool, crf_backend: str = "pydensecrf"):
         torch.set_num_threads(1)
         self.crf = CRFParams(**crf) if crf is not None else None
-        self.keep_image = keep_image
+        self.keep_image, self.crf_backend = keep_image, crf_backend
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
-        masks, crf_ms = [np.zeros((0, 0), np.uint8)] * n, [0.0] * n
+        masks, crf_ms = [EMPTY_MASK] * n, [0.0] * n
         status, errors = list(batch["status"]), list(batch["error"])
         for i in range(n):
             if status[i] != "ok":
                 continue
             start = time.perf_counter()
             try:
-                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf)
+                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf, self.crf_backend)
             except ValueError as e:
                 status[i], errors[i] = "error", f"crf: {e}"
             crf_ms[i] = _ms(start)
@@ -128,7 +153,7 @@ class LabelStage:
 
 
 def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlays: bool,
-                  model_uri: str, crf: dict | None) -> dict:
+                  model_uri: str, crf: dict | None, crf_backend: str = "") -> dict:
     """Ray Data task: write each mask (and overlay) atomically; return the summary rows."""
     labels = label_set_of(spec)
     palette = labels.flat_palette()
@@ -157,7 +182,8 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
         rows["write_ms"].append(_ms(start))
     keep = ("source", "relative", "version", "decode_ms", "model_ms", "crf_ms")
     return {**{k: batch[k] for k in keep}, **rows, "status": status, "error": errors,
-            "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n}
+            "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n,
+            "crf_backend": [crf_backend if crf else ""] * n}
 
 
 # --- the output's record of processed inputs --------------------------------------------------------

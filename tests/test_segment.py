@@ -68,11 +68,14 @@ def summary_rows(output) -> list[dict]:
     return pq.read_table(f"{path}/summary", filesystem=fs).to_pylist()
 
 
-@pytest.mark.parametrize("crf", [True, False], ids=["crf", "no-crf"])
-def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, model_dir, images, tracking, crf):
+@pytest.mark.parametrize("crf, backend", [(True, "auto"), (True, "torch"), (False, "auto")],
+                         ids=["crf", "crf-torch", "no-crf"])
+def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, model_dir, images, tracking, crf, backend):
     out = tmp_path / "out"
     args = ["--model", str(model_dir), "--input", str(images), "--output", str(out), "--batch-size", "1",
-            "--max-pixels", str(BIG_SIDE * BIG_SIDE - 1), "--overlays"] + ([] if crf else ["--no-crf"])
+            "--max-pixels", str(BIG_SIDE * BIG_SIDE - 1), "--overlays", "--crf-backend", backend] + (
+        [] if crf else ["--no-crf"])
+    ran = "pydensecrf" if backend == "auto" else backend  # auto on a CPU-only cluster
     code, summary = run_segment(capsys, *args)
     assert code == 0
     assert summary == {**summary, "images": GOOD, "errors": BAD, "skipped": 0, "output": str(out)}
@@ -98,13 +101,13 @@ def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, mode
         mask = np.array(mask_image)
         image = decode_image(source.read_bytes())
         probs = predict_probabilities(model, image)  # the model's own forward, softmaxed
-        expected = (dense_crf(image, probs, CRFParams()) if crf else probs).argmax(0)
+        expected = (dense_crf(image, probs, CRFParams(), ran) if crf else probs).argmax(0)
         np.testing.assert_array_equal(mask, expected)
         assert row["class_pixels"] == np.bincount(mask.ravel(), minlength=VOC.num_classes).tolist()
         assert (row["height"], row["width"]) == image.shape[:2]
         assert (out / "overlays" / source.parent.name / f"{source.stem}.jpg").is_file()
         assert (row["crf_ms"] > 0) and row["model_ms"] > 0 and json.loads(row["crf_params"] or "null") == (
-            CRFParams().to_dict() if crf else None)
+            CRFParams().to_dict() if crf else None) and row["crf_backend"] == (ran if crf else "")
         classes_seen |= set(np.unique(mask).tolist())
     torch.set_num_threads(threads)
     assert len(classes_seen) >= 2, "a constant mask would make the equality check meaningless"
@@ -112,6 +115,7 @@ def test_local_folder_masks_equal_direct_calls(ray_local, capsys, tmp_path, mode
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("batch-segmentation").experiment_id])
     assert runs[0].data.metrics["images"] == GOOD and runs[0].data.metrics["errors"] == BAD
     assert runs[0].data.params["model_uri"] == str(model_dir)
+    assert runs[0].data.params.get("crf_backend") == (ran if crf else None)
 
 
 def test_incremental_reruns_and_force(ray_local, capsys, tmp_path, model_dir, images, tracking):
@@ -188,7 +192,11 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, model_dir, images):
              (["--model", str(model_dir), "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
               "input not found"),
              (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--crf", "bogus=1"],
-              "KEY one of bi_w"),
+              "unknown CRF parameter 'bogus'; valid: bi_w"),
+             (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--crf",
+               "normalization=before"], "normalization must be one of symmetric, after"),
+             (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--crf-backend",
+               "cuda"], "invalid choice: 'cuda' (choose from 'auto', 'pydensecrf', 'torch')"),
              (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"),
                "--cityscapes-label-ids"], "not cityscapes")]
     for argv, words in cases:
@@ -250,3 +258,25 @@ def test_crf_params_from_preset_run_and_flags(tracking):
         segment.crf_params(args, parser)
     args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--no-crf"])
     assert segment.crf_params(args, parser) is None
+
+
+def test_model_stage_makes_the_masks_itself_as_on_a_gpu(model_dir, images):
+    """The GPU path (CRF in the model actor, batched torch CRF) gives the masks of the CPU pool path;
+    run here on the CPU device."""
+    from pipelines.segmentation import LabelStage, ModelStage
+
+    sources = sorted(images.glob("day*/*.jpg"))[:3]
+    decoded = [decode_image(s.read_bytes()) for s in sources]
+    batch = {"source": [str(s) for s in sources], "image": decoded, "status": ["ok"] * 3, "error": [""] * 3}
+    crf = CRFParams().to_dict()
+    threads = torch.get_num_threads()
+    try:
+        in_model = ModelStage(str(model_dir), masks=True, crf=crf, keep_image=False)(dict(batch))
+        pooled = LabelStage(crf, keep_image=False, crf_backend="torch")(ModelStage(str(model_dir))(dict(batch)))
+    finally:
+        torch.set_num_threads(threads)
+    assert "image" not in in_model and "coarse" not in in_model and in_model["status"] == ["ok"] * 3
+    for a, b, image in zip(in_model["mask"], pooled["mask"], decoded):
+        assert a.shape == image.shape[:2] and a.dtype == np.uint8
+        assert np.mean(a == b) > 0.999  # one batched lattice vs one per image: float sums in another order
+    assert all(ms > 0 for ms in in_model["crf_ms"]) and all(ms > 0 for ms in in_model["model_ms"])
