@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/models.py
 	$(PY) bench/segment.py
+	$(PY) bench/crf.py
 	$(PY) bench/soak.py
 
 # The real stack on this machine (Ray head + worker, MLflow server, S3 endpoint), all on 127.0.0.1.
