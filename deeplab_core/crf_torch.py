@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 NORMALIZATIONS = ("symmetric", "after")
-MAX_PIXELS = 1 << 22  # pixels per lattice: two Cityscapes frames
+LATTICE_PIXELS = 1 << 22  # pixels per lattice (two Cityscapes frames): bounds memory
 
 
 @dataclass
@@ -104,6 +104,8 @@ def build_lattice(features: torch.Tensor, image_index: torch.Tensor, images: int
     rank = rank + (d + 1) * low - (d + 1) * high
     quotient = quotient + low.to(torch.int64) - high.to(torch.int64)
     residual = (elevated - quotient.to(elevated.dtype) * (d + 1)) * down
+    # Each slot gets at most one added and one subtracted term (rank is a permutation), so this
+    # scatter-add is exact in any order, on any device.
     bary = elevated.new_zeros(points, d + 2)
     bary.scatter_add_(1, d - rank, residual)
     bary.scatter_add_(1, d - rank + 1, -residual)
@@ -222,7 +224,7 @@ def _tensor(array, device: torch.device) -> torch.Tensor:
     return (array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array, order="C"))).to(device)
 
 
-def dense_crf_batch(images, probs, params, device=None, max_pixels: int = MAX_PIXELS):
+def dense_crf_batch(images, probs, params, device=None, max_pixels: int = LATTICE_PIXELS):
     """Refine several images at once on `device` (default: where `probs` are).
 
     images: N×H×W×3 uint8 or a list of H×W×3 uint8 (tensors or arrays, sizes may differ);

@@ -344,3 +344,57 @@ def forget_ray_address(port: int) -> None:
         return
     if recorded.rpartition(":")[2] == str(port):
         reset_ray_address()
+
+
+def status(directory: str = ".stack") -> dict:
+    stack = Stack.load(directory)
+    if stack is None:
+        return {"running": False}
+    services = {name: service_running(pid, name) for name, pid in stack.pids.items()}
+    nodes = None
+    try:
+        nodes = ray_alive_nodes(stack.dashboard_url) if services.get("ray-head") else 0
+    except (OSError, ValueError, KeyError):
+        pass
+    return {"running": all(services.values()), "services": services, "ray_nodes": nodes,
+            "urls": {"s3": stack.s3_url, "mlflow": stack.mlflow_url, "ray_dashboard": stack.dashboard_url}}
+
+
+def export_lines(stack: Stack) -> str:
+    return "\n".join(f"export {k}={v}" for k, v in stack.env().items())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infra.local_stack", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["up", "down", "status", "env"])
+    p.add_argument("--dir", default=".stack", help="state, logs and the MLflow database (default .stack)")
+    for name, default in (("s3", 9000), ("mlflow", 5000), ("ray", 6379), ("dashboard", 8265)):
+        p.add_argument(f"--{name}-port", type=int, default=default, help=f"default {default}; 0 = any free port")
+    p.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs of each Ray node (default 2)")
+    args = p.parse_args(argv)
+    err = lambda m: (sys.stderr.write(m + "\n"), sys.stderr.flush())  # noqa: E731
+    try:
+        if args.command == "up":
+            stack = up(args.dir, args.s3_port, args.mlflow_port, args.ray_port, args.dashboard_port,
+                       args.cpus_per_node, log=err)
+            err(f"stack: ready; MLflow UI {stack.mlflow_url}, Ray dashboard {stack.dashboard_url}. "
+                f"Point the CLIs at it with:")
+            print(export_lines(stack))
+        elif args.command == "down":
+            err(f"stack: {down(args.dir, log=err)} process(es) stopped")
+        elif args.command == "env":
+            stack = Stack.load(args.dir)
+            if stack is None:
+                raise StackError(f"no stack recorded in {args.dir}; run 'up' first")
+            print(export_lines(stack))
+        else:
+            print(json.dumps(status(args.dir), indent=1))
+    except StackError as e:
+        err(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
