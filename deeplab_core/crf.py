@@ -56,6 +56,8 @@ class CRFParams:
                 number = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"CRF parameter {key}: {value!r} is not a number") from None
+            if key == "iterations" and number != int(number):
+                raise ValueError(f"CRF parameter iterations must be an integer, got {value!r}")
             out[key] = int(number) if key == "iterations" else number
         return cls(**out)
 

@@ -60,11 +60,10 @@ def prepare(model_uri: str, rows: list[dict]) -> tuple[list[tuple], dict]:
 
 
 def search(examples: list[tuple], num_classes: int, fixed: dict, axes: dict = AXES, points: int = 3,
-           rounds: int = 2, backend: str = "pydensecrf", gpus: bool = False) -> tuple[dict, float, list[tuple[dict, float]]]:
+           rounds: int = 2, backend: str = "pydensecrf",
+           gpus: bool = False) -> tuple[dict, float, list[tuple[dict, float]]]:
     """Coarse-to-fine over `axes` with Ray tasks, one per setting (sharing a GPU with three others
     when the torch CRF runs on GPUs)."""
-    import ray
-
     on_gpu = gpus and backend == "torch"
     score_task = ray.remote(num_cpus=1, num_gpus=0.25 if on_gpu else 0)(crf_miou)
     shared = ray.put(examples)

@@ -90,11 +90,12 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
     if args.limit:
         ds = ds.limit(args.limit)
     total = min(args.limit or manifest["splits"][args.split]["rows"], manifest["splits"][args.split]["rows"])
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
-    backend = crf_backend(args.crf_backend, gpus)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    backend = crf_backend(args.crf_backend, gpus > 0)
+    actors = fit_actors(args.actors, 1, "evaluate")
     ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf, "crf_backend": backend},
-                        batch_size=4, concurrency=fit_actors(args.actors, 1, "evaluate"), num_cpus=1,
-                        num_gpus=1 if gpus else 0)
+                        batch_size=4, concurrency=min(actors, gpus) if gpus else actors, num_cpus=1,
+                        num_gpus=1 if gpus else 0)  # one GPU per actor: as many actors as GPUs at most
     before = after = SegmentationScores(spec["num_classes"])
     progress, done = Progress("evaluate", total, "images"), 0
     for row in ds.iter_rows():

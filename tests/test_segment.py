@@ -258,6 +258,11 @@ def test_crf_params_from_preset_run_and_flags(tracking):
         segment.crf_params(args, parser)
     args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--no-crf"])
     assert segment.crf_params(args, parser) is None
+    args, parser = segment.parse_args(["--model", "m", "--input", "i", "--output", "o", "--crf", "normalization=after",
+                                       "--crf", "iterations=5"])
+    assert segment.crf_params(args, parser) == {**CRFParams().to_dict(), "normalization": "after", "iterations": 5}
+    with pytest.raises(ValueError, match="iterations must be an integer, got '2.5'"):
+        CRFParams.from_strings({"iterations": "2.5"})
 
 
 def test_model_stage_makes_the_masks_itself_as_on_a_gpu(model_dir, images):
