@@ -36,7 +36,7 @@ from pipelines.cli import emit_summary, init_ray, log, output, run
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
 from pipelines.reports import confusion_plot, overlay_images
-from pipelines.training import CONFUSION_FILE, model_spec, train_loop
+from pipelines.training import CONFUSION_FILE, DIVERGED_FILE, NonFiniteLoss, model_spec, train_loop
 
 
 def check_model(cfg: ExperimentConfig) -> None:
@@ -113,10 +113,14 @@ def train(cfg: ExperimentConfig) -> dict:
     data_options = DataConfig.default_ingest_options()
     if cfg.ray.data_cpus:
         data_options.resource_limits = data_options.resource_limits.copy(cpu=cfg.ray.data_cpus)
+    # Where rank 0 records a diverged loss; an earlier attempt's record must not fail a resumed run.
+    diverged_uri = storage.join(storage.absolute(cfg.ray.storage_path), run_name, DIVERGED_FILE)
+    storage.delete(diverged_uri)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "spec": model_spec(cfg, manifest), "run_id": run_id,
-                           "val_files": val_files, "tracking_uri": mlflow.get_tracking_uri()},
+                           "val_files": val_files, "tracking_uri": mlflow.get_tracking_uri(),
+                           "diverged_uri": diverged_uri},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),
@@ -136,6 +140,15 @@ def train(cfg: ExperimentConfig) -> dict:
     if result.error:
         client.set_terminated(run_id, "FAILED")
         raise RuntimeError(f"training failed: {result.error}")
+    if storage.exists(diverged_uri):
+        client.set_terminated(run_id, "FAILED")
+        diverged = json.loads(storage.read_bytes(diverged_uri))
+        raise NonFiniteLoss(
+            f"train: the loss became {diverged['loss']} at iteration {diverged['iteration']} (learning rate "
+            f"{diverged['lr']:.3g}); training stopped, MLflow run {run_id} marked FAILED, nothing registered, "
+            f"earlier checkpoints kept. Likely causes: a learning rate too high for "
+            f"train.optimizer={cfg.train.optimizer}, fp16 overflow, or model.options.bn=frozen without "
+            f"pretrained weights (model.init_weights)")
     best, metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])
     checkpoint = ("s3://" if storage.is_s3(cfg.ray.storage_path) else "") + best.path
     try:

@@ -7,6 +7,8 @@ dies therefore resumes from the last checkpoint with no metric step logged twice
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import time
@@ -34,6 +36,7 @@ from pipelines.datasets import read_rows
 from pipelines.tracking import MetricBuffer
 
 STATE_FILE = "state.pt"
+DIVERGED_FILE = "diverged.json"
 CONFUSION_FILE = "confusion.npy"
 
 
@@ -78,8 +81,9 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim
     return torch.optim.Adam(groups, lr=cfg.train.base_lr)
 
 
-def train_step(model, optimizer, scaler, batch: dict, device: torch.device, use_amp: bool) -> float:
-    """One SGD step on a batch of uint8 crops: normalise, forward (AMP on GPU), loss, backward, step."""
+def train_step(model, optimizer, scaler, batch: dict, device: torch.device, use_amp: bool) -> torch.Tensor:
+    """One SGD step on a batch of uint8 crops: normalise, forward (AMP on GPU), loss, backward, step.
+    Returns the loss as a tensor on the device (reading it is the caller's one host sync)."""
     x = normalize(batch["image"].to(device, non_blocking=True))
     y = batch["label"].to(device, non_blocking=True).long()
     with torch.autocast(device.type, enabled=use_amp):
@@ -88,7 +92,21 @@ def train_step(model, optimizer, scaler, batch: dict, device: torch.device, use_
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    return loss.detach()
+
+
+def mean_loss(loss: torch.Tensor, world: int) -> float:
+    """The loss averaged over all ranks, read once: a NaN on any rank is a NaN on every rank, so all
+    of them see a diverged run at the same iteration and stop together."""
+    if world > 1:
+        loss = loss.float().clone()
+        dist.all_reduce(loss)
+        loss /= world
     return loss.item()
+
+
+class NonFiniteLoss(ValueError):
+    """Training diverged; the message names the iteration, the learning rate and the likely causes."""
 
 
 def _batches(shard, batch_size: int):
@@ -145,7 +163,16 @@ def train_loop(loop_config: dict) -> None:
         t0 = time.perf_counter()
         batch = next(stream)
         waited += time.perf_counter() - t0
-        losses.append(train_step(model, optimizer, scaler, batch, device, use_amp))
+        loss = mean_loss(train_step(model, optimizer, scaler, batch, device, use_amp), world)
+        if not math.isfinite(loss):
+            # Every rank is here at the same iteration (mean_loss) and stops: an exception would make
+            # Ray Train retry a run that diverges again. The driver reads the record rank 0 leaves.
+            if metrics is not None:
+                metrics.flush()
+                storage.write_bytes(loop_config["diverged_uri"], json.dumps(
+                    {"iteration": iteration + 1, "loss": str(loss), "lr": optimizer.param_groups[0]["lr"]}).encode())
+            return
+        losses.append(loss)
         scheduler.step()
         iteration += 1
 

@@ -22,7 +22,9 @@ from deeplab_core.models import build_model
 from pipelines.config import load_config
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.preprocess import preprocess
+from pipelines.cli import user_error
 from pipelines.train import train
+from pipelines.training import NonFiniteLoss
 from tests.conftest import BackgroundTraining
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +157,25 @@ def test_empty_training_split_is_refused(dataset, tmp_path):
         train(tiny_config(str(empty), tmp_path))
     with pytest.raises(ValueError, match="no split 'nope'; available: train, val"):
         train(tiny_config(dataset, tmp_path, "data.train_split=nope"))
+
+
+def test_a_diverging_loss_stops_training_at_once(dataset, tmp_path):
+    """base_lr=1e30: the loss turns non-finite within a few steps; every rank stops there (returning,
+    not raising, so Ray Train does not retry), the run is FAILED, nothing is registered, and the
+    CLI's error is one line."""
+    cfg = tiny_config(dataset, tmp_path, "train.optimizer=sgd", "train.base_lr=1e30", "train.iterations=40",
+                      "train.eval_interval=2", "train.checkpoint_interval=2", "ray.max_failures=3",
+                      "tracking.register_model=diverging", "tracking.run_name=diverging")
+    with pytest.raises(NonFiniteLoss) as e:
+        train(cfg)
+    message = str(user_error(e.value))
+    assert "\n" not in message and message.startswith("train: the loss became ")
+    iteration = int(message.split(" at iteration ")[1].split()[0])
+    lr = float(message.split("(learning rate ")[1].split(")")[0])
+    assert 1 <= iteration < 40 and 1e29 < lr <= 1e30 and "marked FAILED" in message  # measured: iteration 2
+    client = MlflowClient(cfg.tracking.uri)
+    run_id = message.split("MLflow run ")[1].split()[0]
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not client.search_registered_models("name='diverging'")
+    record = json.loads((Path(cfg.ray.storage_path) / "diverging" / "diverged.json").read_text())
+    assert record["iteration"] == iteration and record["loss"] in ("nan", "inf", "-inf")
