@@ -55,7 +55,7 @@ def run_steps(cfg, batches, warmup: int, steps: int, prepare=lambda model: model
         t = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - t
-        train_step(model, optimizer, scaler, batch, device, False)
+        train_step(model, optimizer, scaler, batch, device)
     elapsed = time.perf_counter() - start
     return {"iterations_per_s": steps / elapsed, "data_wait_fraction": waited / elapsed}
 

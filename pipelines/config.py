@@ -26,6 +26,10 @@ class ConfigError(ValueError):
         super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
+# Keys of earlier versions: refused with what to write instead.
+REPLACED = {"train.amp": "train.precision: auto|fp32|fp16|bf16 (amp: true was auto, amp: false is fp32)"}
+
+
 def choices(*values):
     return {"choices": tuple(values)}
 
@@ -65,7 +69,8 @@ class TrainConfig:
     eval_interval: int = 1000
     checkpoint_interval: int = 1000
     log_interval: int = 20
-    amp: bool = True                    # used on GPU only
+    # auto: bf16 autocast on GPUs that support it, else fp16 (with loss scaling); fp32 on CPU
+    precision: str = field(default="auto", metadata=choices("auto", "fp32", "fp16", "bf16"))
     seed: int = 0
 
 
@@ -180,6 +185,8 @@ def _build(cls, data, prefix: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        if f"{where}{unknown[0]}" in REPLACED:
+            raise ConfigError(f"{where}{unknown[0]} was replaced by {REPLACED[where + unknown[0]]}")
         raise ConfigError(f"unknown key {where}{unknown[0]}; valid: {', '.join(fields)}")
     values = {}
     for name, value in data.items():

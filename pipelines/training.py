@@ -81,12 +81,24 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim
     return torch.optim.Adam(groups, lr=cfg.train.base_lr)
 
 
-def train_step(model, optimizer, scaler, batch: dict, device: torch.device, use_amp: bool) -> torch.Tensor:
-    """One SGD step on a batch of uint8 crops: normalise, forward (AMP on GPU), loss, backward, step.
-    Returns the loss as a tensor on the device (reading it is the caller's one host sync)."""
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """`train.precision` on this device: the autocast dtype, or None for fp32. auto: bf16 where the
+    GPU supports it (no loss scaling needed), else fp16; fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def train_step(model, optimizer, scaler, batch: dict, device: torch.device,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One SGD step on a batch of uint8 crops: normalise, forward (autocast to `dtype` unless None),
+    loss, backward, step. Returns the loss as a tensor on the device (reading it is the caller's one
+    host sync)."""
     x = normalize(batch["image"].to(device, non_blocking=True))
     y = batch["label"].to(device, non_blocking=True).long()
-    with torch.autocast(device.type, enabled=use_amp):
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         loss = segmentation_loss(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -128,14 +140,14 @@ def train_loop(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.ray.torch_threads or max(1, int(cfg.ray.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    use_amp = cfg.train.amp and device.type == "cuda"
+    dtype = autocast_dtype(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
 
     model = ray.train.torch.prepare_model(_initial_model(cfg, spec))
     optimizer = make_optimizer(cfg, model)
     scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
                              cfg.train.step_size)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # bf16 needs no scaling
 
     iteration, best = 0, float("-inf")
     checkpoint = ray.train.get_checkpoint()
@@ -163,7 +175,7 @@ def train_loop(loop_config: dict) -> None:
         t0 = time.perf_counter()
         batch = next(stream)
         waited += time.perf_counter() - t0
-        loss = mean_loss(train_step(model, optimizer, scaler, batch, device, use_amp), world)
+        loss = mean_loss(train_step(model, optimizer, scaler, batch, device, dtype), world)
         if not math.isfinite(loss):
             # Every rank is here at the same iteration (mean_loss) and stops: an exception would make
             # Ray Train retry a run that diverges again. The driver reads the record rank 0 leaves.

@@ -135,6 +135,8 @@ def test_restarting_a_finished_run_name_resumes_its_mlflow_run(dataset, tmp_path
     (["train.bogus=1"], "unknown key train.bogus; valid: iterations"),
     (["model.options={width: 3}"], "model.options: width not valid for deeplabv3plus_mobilenetv3; valid: bn"),
     (["data.uri=/nonexistent/data"], "/nonexistent/data: no manifest.json"),
+    (["train.amp=false"], "train.amp was replaced by train.precision: auto|fp32|fp16|bf16"),
+    (["train.precision=fp8"], "train.precision: 'fp8' is not valid; valid: auto, fp32, fp16, bf16"),
 ])
 def test_bad_config_is_one_line_before_any_worker(overrides, message, tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipelines.train", "--config", str(TINY),
@@ -179,3 +181,26 @@ def test_a_diverging_loss_stops_training_at_once(dataset, tmp_path):
     assert not client.search_registered_models("name='diverging'")
     record = json.loads((Path(cfg.ray.storage_path) / "diverging" / "diverged.json").read_text())
     assert record["iteration"] == iteration and record["loss"] in ("nan", "inf", "-inf")
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "fp16", "bf16"])
+def test_every_precision_takes_a_finite_step_on_cpu(precision):
+    from pipelines.training import autocast_dtype, train_step
+
+    device = torch.device("cpu")
+    dtype = autocast_dtype(precision, device)
+    assert dtype == {"auto": None, "fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus_mobilenetv3", 3, width_mult=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    batch = {"image": torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8),
+             "label": torch.randint(0, 3, (2, 48, 48), dtype=torch.uint8)}
+    for _ in range(20):  # fp16: the loss scaler skips the first steps, whose gradients overflow
+        loss = train_step(model, optimizer, scaler, batch, device, dtype)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        if any(not torch.equal(a, b) for a, b in zip(before, model.parameters())):
+            break
+    else:
+        raise AssertionError(f"{precision}: 20 steps left the weights unchanged")
