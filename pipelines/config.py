@@ -51,7 +51,7 @@ class ModelConfig:
     options: dict = field(default_factory=dict)     # build_model keyword options (bn, output_stride, ...)
     msc: bool = False
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)
-    init_weights: str | None = None     # backbone weights (torchvision state dict), path or URI
+    init_weights: str | None = None     # backbone weights: state dict path or URI, or torchvision:<Weights>
 
 
 @dataclass
@@ -216,6 +216,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         (cfg.ray.keep_checkpoints >= 1, "ray.keep_checkpoints must be >= 1"),
         (bool(cfg.data.uri), "data.uri is required (a preprocessed dataset: local dir or s3://)"),
         (all(s > 0 for s in cfg.model.msc_scales), "model.msc_scales must be positive"),
+        (cfg.model.options.get("bn") != "frozen" or bool(cfg.model.init_weights),
+         "model.options.bn=frozen needs pretrained weights in model.init_weights (a state dict path or URI, or "
+         "torchvision:<Weights> such as torchvision:ResNet101_Weights.IMAGENET1K_V1): frozen batch norm with "
+         "random statistics gives a NaN loss from the first step"),
     ]
     for ok, message in checks:
         if not ok:

@@ -37,6 +37,7 @@ from pipelines.config import ExperimentConfig, load_config
 from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
 from pipelines.reports import confusion_plot, overlay_images
 from pipelines.training import CONFUSION_FILE, DIVERGED_FILE, NonFiniteLoss, model_spec, train_loop
+from pipelines.weights import is_torchvision, torchvision_weights_file
 
 
 def check_model(cfg: ExperimentConfig) -> None:
@@ -93,9 +94,12 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
 
 def train(cfg: ExperimentConfig) -> dict:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, uri=storage.absolute(cfg.data.uri)),
-                              model=dataclasses.replace(cfg.model, init_weights=cfg.model.init_weights and
-                                                        storage.absolute(cfg.model.init_weights)))
+                              model=dataclasses.replace(cfg.model, init_weights=cfg.model.init_weights and (
+                                  cfg.model.init_weights if is_torchvision(cfg.model.init_weights)
+                                  else storage.absolute(cfg.model.init_weights))))
     check_model(cfg)
+    if is_torchvision(cfg.model.init_weights):
+        torchvision_weights_file(cfg.model.init_weights)  # here, once, before any worker starts
     if not cfg.ray.use_gpu and cfg.model.options.get("bn") == "sync":
         raise ValueError("model.options.bn=sync needs GPUs (SyncBatchNorm); use bn=plain or frozen on CPU")
     manifest = load_manifest(cfg.data.uri)

@@ -34,6 +34,7 @@ from pipelines.cli import log
 from pipelines.config import ExperimentConfig, config_from_dict
 from pipelines.datasets import read_rows
 from pipelines.tracking import MetricBuffer
+from pipelines.weights import local_weights_file
 
 STATE_FILE = "state.pt"
 DIVERGED_FILE = "diverged.json"
@@ -50,9 +51,7 @@ def model_spec(cfg: ExperimentConfig, manifest: dict) -> dict:
 def _initial_model(cfg: ExperimentConfig, spec: dict) -> torch.nn.Module:
     options = dict(spec["options"])
     if cfg.model.init_weights:
-        local = Path(tempfile.mkdtemp()) / "backbone.pth"
-        local.write_bytes(storage.read_bytes(cfg.model.init_weights))
-        options["backbone_weights"] = str(local)
+        options["backbone_weights"] = local_weights_file(cfg.model.init_weights, tempfile.mkdtemp())
     if spec["msc_scales"]:
         options["msc_scales"] = tuple(spec["msc_scales"])
     return build_model(spec["name"], spec["num_classes"], **options)

@@ -136,6 +136,7 @@ def test_restarting_a_finished_run_name_resumes_its_mlflow_run(dataset, tmp_path
     (["model.options={width: 3}"], "model.options: width not valid for deeplabv3plus_mobilenetv3; valid: bn"),
     (["data.uri=/nonexistent/data"], "/nonexistent/data: no manifest.json"),
     (["train.amp=false"], "train.amp was replaced by train.precision: auto|fp32|fp16|bf16"),
+    (["model.options={width_mult: 0.5, bn: frozen}"], "model.options.bn=frozen needs pretrained weights"),
     (["train.precision=fp8"], "train.precision: 'fp8' is not valid; valid: auto, fp32, fp16, bf16"),
 ])
 def test_bad_config_is_one_line_before_any_worker(overrides, message, tmp_path):
