@@ -8,12 +8,17 @@ from torch import nn
 from .data.labels import IGNORE_INDEX
 
 
-def segmentation_loss(outputs, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def segmentation_loss(outputs, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                      normalizer: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise cross-entropy ignoring 255; summed over a list of outputs (MSC's per-scale and fused
-    logits in training)."""
+    logits in training). The mean over the valid pixels, or their sum divided by `normalizer` (the
+    valid pixels of all the micro-batches of one accumulated step, so the sum of their losses is the
+    big batch's loss exactly)."""
     if isinstance(outputs, torch.Tensor):
         outputs = [outputs]
-    return sum(F.cross_entropy(o, target, ignore_index=ignore_index) for o in outputs)
+    if normalizer is None:
+        return sum(F.cross_entropy(o, target, ignore_index=ignore_index) for o in outputs)
+    return sum(F.cross_entropy(o, target, ignore_index=ignore_index, reduction="sum") for o in outputs) / normalizer
 
 
 def _inner(model: nn.Module) -> nn.Module:

@@ -57,7 +57,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 20000
-    batch_size: int = 10                # per worker
+    batch_size: int = 10                # per worker and micro-batch
+    iter_size: int = 1                  # micro-batches accumulated per step (the Caffe release: 2 × 5 = 10)
     optimizer: str = field(default="sgd", metadata=choices("sgd", "adam"))
     base_lr: float = 1e-3
     momentum: float = 0.9
@@ -208,6 +209,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         (0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1], "data.scale_range must be 0 < low <= high"),
         (cfg.train.iterations >= 1, "train.iterations must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.iter_size >= 1, "train.iter_size must be >= 1"),
         (cfg.train.base_lr > 0, "train.base_lr must be > 0"),
         (cfg.train.eval_interval >= 1 and cfg.train.checkpoint_interval >= 1 and cfg.train.log_interval >= 1,
          "train.eval_interval, checkpoint_interval and log_interval must be >= 1"),

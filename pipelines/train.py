@@ -109,7 +109,7 @@ def train(cfg: ExperimentConfig) -> dict:
     run_id = start_run(cfg, run_name, manifest)
     init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
 
-    samples = cfg.train.iterations * cfg.train.batch_size * cfg.ray.num_workers
+    samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.iter_size * cfg.ray.num_workers
     rows = manifest["splits"][cfg.data.train_split]["rows"]
     passes = -(-samples // rows) + 1  # +1: drop_last and uneven shards never run the stream dry
     fs, storage_path = storage.resolve(cfg.ray.storage_path)

@@ -7,6 +7,7 @@ dies therefore resumes from the last checkpoint with no metric step logged twice
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import ray.train
 import ray.train.torch
 from deeplab_core.checkpoint import save_model, unwrap
 from deeplab_core.data.codec import decode_image, decode_label
+from deeplab_core.data.labels import IGNORE_INDEX
 from deeplab_core.data.transforms import normalize
 from deeplab_core.inference import predict_probabilities
 from deeplab_core.losses import param_groups, segmentation_loss
@@ -90,20 +92,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def train_step(model, optimizer, scaler, batch: dict, device: torch.device,
+def train_step(model, optimizer, scaler, batches: dict | list[dict], device: torch.device,
                dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One SGD step on a batch of uint8 crops: normalise, forward (autocast to `dtype` unless None),
-    loss, backward, step. Returns the loss as a tensor on the device (reading it is the caller's one
-    host sync)."""
-    x = normalize(batch["image"].to(device, non_blocking=True))
-    y = batch["label"].to(device, non_blocking=True).long()
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        loss = segmentation_loss(model(x), y)
+    """One SGD step on one batch of uint8 crops, or on several accumulated (`train.iter_size`):
+    normalise, forward (autocast to `dtype` unless None), loss, backward, step. Accumulation is exact:
+    each micro-batch's summed loss is divided by the valid pixels of all of them, and DDP all-reduces
+    once, on the last backward. Returns the loss as a tensor on the device (reading it is the
+    caller's one host sync)."""
+    batches = [batches] if isinstance(batches, dict) else batches
+    targets = [b["label"].to(device, non_blocking=True).long() for b in batches]
+    normalizer = None if len(batches) == 1 else sum((y != IGNORE_INDEX).sum() for y in targets).clamp_min(1)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    total = torch.zeros((), device=device)
+    for k, (batch, y) in enumerate(zip(batches, targets)):
+        x = normalize(batch["image"].to(device, non_blocking=True))
+        last = k == len(batches) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = segmentation_loss(model(x), y, normalizer=normalizer)
+            scaler.scale(loss).backward()
+        total += loss.detach().float()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return total
 
 
 def mean_loss(loss: torch.Tensor, world: int) -> float:
@@ -172,9 +183,9 @@ def train_loop(loop_config: dict) -> None:
     model.train()
     while iteration < cfg.train.iterations:
         t0 = time.perf_counter()
-        batch = next(stream)
+        batches = [next(stream) for _ in range(cfg.train.iter_size)]
         waited += time.perf_counter() - t0
-        loss = mean_loss(train_step(model, optimizer, scaler, batch, device, dtype), world)
+        loss = mean_loss(train_step(model, optimizer, scaler, batches, device, dtype), world)
         if not math.isfinite(loss):
             # Every rank is here at the same iteration (mean_loss) and stops: an exception would make
             # Ray Train retry a run that diverges again. The driver reads the record rank 0 leaves.
@@ -191,7 +202,7 @@ def train_loop(loop_config: dict) -> None:
         if metrics is not None and (iteration % cfg.train.log_interval == 0 or last):
             elapsed = time.perf_counter() - window_start
             window = {"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": len(losses) * cfg.train.batch_size * world / elapsed,
+                      "images_per_s": len(losses) * cfg.train.batch_size * cfg.train.iter_size * world / elapsed,
                       "data_wait_fraction": waited / elapsed}
             metrics.add(window, iteration)
             log(f"train: iteration {iteration}/{cfg.train.iterations} loss {window['loss']:.4f} "

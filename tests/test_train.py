@@ -205,3 +205,28 @@ def test_every_precision_takes_a_finite_step_on_cpu(precision):
             break
     else:
         raise AssertionError(f"{precision}: 20 steps left the weights unchanged")
+
+
+def test_accumulated_micro_batches_give_the_big_batch_gradient():
+    """train.iter_size: 2 micro-batches with different numbers of ignored pixels give exactly the
+    gradient of one batch of both (a model without BN statistics: frozen BN, eval mode)."""
+    from pipelines.training import train_step
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus_mobilenetv3", 3, width_mult=0.5, bn="frozen").eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # gradients only
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    images = torch.randint(0, 256, (4, 40, 40, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (4, 40, 40), dtype=torch.uint8)
+    labels[0, :30] = 255  # the first micro-batch has far fewer valid pixels than the second
+    cpu = torch.device("cpu")
+
+    whole = train_step(model, optimizer, scaler, {"image": images, "label": labels}, cpu)
+    big = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    parts = train_step(model, optimizer, scaler, [{"image": images[:2], "label": labels[:2]},
+                                                  {"image": images[2:], "label": labels[2:]}], cpu)
+    accumulated = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert parts.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert len(big) == len(accumulated) > 10
+    for a, b in zip(big, accumulated):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
