@@ -33,6 +33,26 @@ def save_model(directory: str | os.PathLike, model: nn.Module, spec: dict) -> No
     (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
 
+def matching_state(model: nn.Module, state: dict) -> tuple[dict, list[str]]:
+    """The tensors of `state` that `model` has under the same name and shape (what a warm start
+    loads: with another class count, everything but the classifier's last layers), and the names of
+    the model's tensors left as they are."""
+    own = unwrap(model).state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    return loaded, sorted(set(own) - set(loaded))
+
+
+def read_state(directory: str | os.PathLike, map_location="cpu") -> dict:
+    """The weights-only state dict of a saved model."""
+    path = Path(directory) / MODEL_FILE
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: model weights missing") from None
+    except Exception as e:
+        raise ValueError(f"{path}: refused, not a weights-only state dict ({type(e).__name__})") from None
+
+
 def read_spec(directory: str | os.PathLike) -> dict:
     path = Path(directory) / SPEC_FILE
     try:
@@ -44,13 +64,7 @@ def read_spec(directory: str | os.PathLike) -> dict:
 def load_model(directory: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
     """Rebuild and load a saved model (eval mode). Refuses anything but a weights-only state dict."""
     spec = read_spec(directory)
-    path = Path(directory) / MODEL_FILE
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: model weights missing") from None
-    except Exception as e:
-        raise ValueError(f"{path}: refused, not a weights-only state dict ({type(e).__name__})") from None
+    state = read_state(directory, map_location)
     model = build_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
     model.load_state_dict(state)
     if spec.get("msc_scales"):

@@ -52,6 +52,7 @@ class ModelConfig:
     msc: bool = False
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)
     init_weights: str | None = None     # backbone weights: state dict path or URI, or torchvision:<Weights>
+    init_from: str | None = None        # warm start from a saved model (MODEL_URI): every tensor that matches
 
 
 @dataclass
@@ -218,10 +219,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         (cfg.ray.keep_checkpoints >= 1, "ray.keep_checkpoints must be >= 1"),
         (bool(cfg.data.uri), "data.uri is required (a preprocessed dataset: local dir or s3://)"),
         (all(s > 0 for s in cfg.model.msc_scales), "model.msc_scales must be positive"),
-        (cfg.model.options.get("bn") != "frozen" or bool(cfg.model.init_weights),
-         "model.options.bn=frozen needs pretrained weights in model.init_weights (a state dict path or URI, or "
-         "torchvision:<Weights> such as torchvision:ResNet101_Weights.IMAGENET1K_V1): frozen batch norm with "
-         "random statistics gives a NaN loss from the first step"),
+        (cfg.model.options.get("bn") != "frozen" or bool(cfg.model.init_weights or cfg.model.init_from),
+         "model.options.bn=frozen needs pretrained weights: model.init_weights (a state dict path or URI, or "
+         "torchvision:<Weights> such as torchvision:ResNet101_Weights.IMAGENET1K_V1) or model.init_from (a "
+         "saved model); frozen batch norm with random statistics gives a NaN loss from the first step"),
     ]
     for ok, message in checks:
         if not ok:

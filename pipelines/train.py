@@ -29,14 +29,16 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from deeplab_core.checkpoint import load_model
+from deeplab_core.checkpoint import load_model, matching_state, read_state
 from deeplab_core.models import model_options
 from pipelines import storage, tracking
 from pipelines.cli import emit_summary, init_ray, log, output, run
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
+from pipelines.model_uri import download_model
 from pipelines.reports import confusion_plot, overlay_images
-from pipelines.training import CONFUSION_FILE, DIVERGED_FILE, NonFiniteLoss, model_spec, train_loop
+from pipelines.training import (CONFUSION_FILE, DIVERGED_FILE, NonFiniteLoss, initial_model, model_spec,
+                                train_loop)
 from pipelines.weights import is_torchvision, torchvision_weights_file
 
 
@@ -47,6 +49,24 @@ def check_model(cfg: ExperimentConfig) -> None:
     if bad:
         raise ValueError(f"model.options: {', '.join(bad)} not valid for {cfg.model.name}; valid: "
                          f"{', '.join(sorted(valid))} (weights: model.init_weights; MSC: model.msc)")
+
+
+def warm_start(cfg: ExperimentConfig, spec: dict, run_id: str) -> dict | None:
+    """`model.init_from`: fetch the saved model and keep its tensors that match the model to train by
+    name and shape (another class count: the classifier's last layers start fresh, as COCO -> VOC in
+    the paper); the loaded and skipped counts go to MLflow."""
+    if not cfg.model.init_from:
+        return None
+    state = read_state(download_model(cfg.model.init_from))
+    loaded, skipped = matching_state(initial_model(dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, init_weights=None)), spec), state)
+    if not loaded:
+        raise ValueError(f"model.init_from {cfg.model.init_from}: no tensor matches {cfg.model.name} by name and shape")
+    log(f"train: init_from {cfg.model.init_from}: {len(loaded)} tensors loaded, {len(skipped)} left as built"
+        + (f" ({', '.join(skipped[:4])}{', …' if len(skipped) > 4 else ''})" if skipped else ""))
+    MlflowClient().log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in
+                                              (("init_from_loaded", len(loaded)), ("init_from_skipped", len(skipped)))])
+    return loaded
 
 
 def start_run(cfg: ExperimentConfig, run_name: str, manifest: dict) -> str:
@@ -107,6 +127,7 @@ def train(cfg: ExperimentConfig) -> dict:
     val_files = split_files(cfg.data.uri, manifest, cfg.data.val_split)
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = start_run(cfg, run_name, manifest)
+    init_state = warm_start(cfg, model_spec(cfg, manifest), run_id)
     init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
 
     samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.iter_size * cfg.ray.num_workers
@@ -124,7 +145,9 @@ def train(cfg: ExperimentConfig) -> dict:
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "spec": model_spec(cfg, manifest), "run_id": run_id,
                            "val_files": val_files, "tracking_uri": mlflow.get_tracking_uri(),
-                           "diverged_uri": diverged_uri},
+                           "diverged_uri": diverged_uri,
+                           # the matching tensors, once through the object store: workers on any node
+                           "init_state": init_state and ray.put(init_state)},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),

@@ -50,13 +50,18 @@ def model_spec(cfg: ExperimentConfig, manifest: dict) -> dict:
             "classes": manifest["classes"], "palette": manifest["palette"]}
 
 
-def _initial_model(cfg: ExperimentConfig, spec: dict) -> torch.nn.Module:
+def initial_model(cfg: ExperimentConfig, spec: dict, init_state: dict | None = None) -> torch.nn.Module:
+    """The model before the first step: built (backbone from `model.init_weights`), then the tensors
+    of `model.init_from` that match by name and shape (`init_state`, from `matching_state`)."""
     options = dict(spec["options"])
     if cfg.model.init_weights:
         options["backbone_weights"] = local_weights_file(cfg.model.init_weights, tempfile.mkdtemp())
     if spec["msc_scales"]:
         options["msc_scales"] = tuple(spec["msc_scales"])
-    return build_model(spec["name"], spec["num_classes"], **options)
+    model = build_model(spec["name"], spec["num_classes"], **options)
+    if init_state:
+        unwrap(model).load_state_dict(init_state, strict=False)
+    return model
 
 
 def evaluate(model: torch.nn.Module, rows: list[dict], num_classes: int, device: torch.device) -> ConfusionMatrix:
@@ -153,7 +158,8 @@ def train_loop(loop_config: dict) -> None:
     dtype = autocast_dtype(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
 
-    model = ray.train.torch.prepare_model(_initial_model(cfg, spec))
+    init_state = ray.get(loop_config["init_state"]) if loop_config.get("init_state") is not None else None
+    model = ray.train.torch.prepare_model(initial_model(cfg, spec, init_state))
     optimizer = make_optimizer(cfg, model)
     scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
                              cfg.train.step_size)

@@ -230,3 +230,50 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient():
     assert len(big) == len(accumulated) > 10
     for a, b in zip(big, accumulated):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def saved_model(directory: Path, num_classes: int, seed: int) -> Path:
+    from deeplab_core.checkpoint import save_model
+
+    torch.manual_seed(seed)
+    save_model(directory, build_model("deeplabv3plus_mobilenetv3", num_classes, width_mult=0.5),
+               {"name": "deeplabv3plus_mobilenetv3", "num_classes": num_classes, "options": {"width_mult": 0.5},
+                "msc_scales": None})
+    return directory
+
+
+def test_init_from_loads_every_matching_tensor(tmp_path):
+    """Same class count: everything loaded, the same predictions. Another class count (COCO -> VOC):
+    all but the classifier's last layer loaded, that layer fresh."""
+    from deeplab_core.checkpoint import load_model, matching_state, read_state
+    from pipelines.training import initial_model
+
+    cfg = load_config(str(TINY), ["data.uri=unused"])
+    spec = {"name": "deeplabv3plus_mobilenetv3", "num_classes": 21, "options": {"width_mult": 0.5}, "msc_scales": None}
+    source_dir = saved_model(tmp_path / "same", 21, seed=5)
+    source, _ = load_model(source_dir)
+    loaded, skipped = matching_state(initial_model(cfg, spec), read_state(source_dir))
+    assert not skipped
+    torch.manual_seed(99)  # another init: only init_from can make the two equal
+    warm = initial_model(cfg, spec, loaded).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(warm(x), source(x), rtol=0, atol=0)
+
+    other_dir = saved_model(tmp_path / "coco", 6, seed=5)
+    loaded, skipped = matching_state(initial_model(cfg, spec), read_state(other_dir))
+    assert skipped and all(name.startswith("classifier.") for name in skipped)
+    assert len(loaded) > 10 * len(skipped)  # backbone and head but the last layer
+    warm = initial_model(cfg, spec, loaded)
+    for name, tensor in warm.state_dict().items():
+        if name in loaded:
+            assert torch.equal(tensor, loaded[name]), name
+
+
+def test_train_warm_starts_from_another_class_count_and_logs_the_counts(dataset, tmp_path):
+    source = saved_model(tmp_path / "coco", 6, seed=5)
+    cfg = tiny_config(dataset, tmp_path, f"model.init_from={source}", "train.iterations=2", "ray.num_workers=1",
+                      "train.eval_interval=2", "train.checkpoint_interval=2", "tracking.overlays=0")
+    result = train(cfg)
+    metrics = MlflowClient(cfg.tracking.uri).get_run(result["run_id"]).data.metrics
+    assert metrics["init_from_loaded"] > 10 * metrics["init_from_skipped"] > 0
