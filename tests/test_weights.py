@@ -38,10 +38,13 @@ def test_torchvision_weights_load_from_torch_hubs_cache_and_fail_clearly_without
 
 def test_frozen_batch_norm_without_weights_is_refused():
     base = str(ROOT / "configs" / "synthetic_tiny.yaml")
-    with pytest.raises(ConfigError, match="model.options.bn=frozen needs pretrained weights in model.init_weights"):
+    with pytest.raises(ConfigError, match=r"model.options.bn=frozen needs pretrained weights: model.init_weights "
+                                          r"\(.*\) or model.init_from \(a saved model\)"):
         load_config(base, ["model.options={width_mult: 0.5, bn: frozen}"])
     cfg = load_config(base, ["model.options={width_mult: 0.5, bn: frozen}", f"model.init_weights={SPEC}"])
     assert cfg.model.init_weights == SPEC
+    cfg = load_config(base, ["model.options={width_mult: 0.5, bn: frozen}", "model.init_from=models:/coco/1"])
+    assert cfg.model.init_from == "models:/coco/1"
     for preset in ROOT.glob("configs/*.yaml"):  # the paper presets say where their weights come from
         cfg = load_config(str(preset))
         assert cfg.model.options.get("bn") != "frozen" or cfg.model.init_weights.startswith("torchvision:")
