@@ -33,19 +33,17 @@ Each choice below is pydensecrf's (file and function of its C++ source, `densecr
 Batching: the pixels of several images form one lattice (the image index is a digit of every key),
 built once per call and reused by all iterations; calls are split so that one holds at most
 `max_pixels` pixels, which bounds memory (a 2048×1024 Cityscapes frame with 19 labels peaks at a few
-GB). The splat is a sparse CSR product and the slice a gather, both deterministic on every device.
+GB). Splat and slice are sparse CSR products and the blur gathers rows: deterministic on every device.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-NORMALIZATIONS = ("symmetric", "after")
 LATTICE_PIXELS = 1 << 22  # pixels per lattice (two Cityscapes frames): bounds memory
 
 
@@ -248,11 +246,12 @@ def dense_crf_batch(images, probs, params, device=None, max_pixels: int = LATTIC
     if len({p.shape[0] for p in probs}) > 1:
         raise ValueError(f"dense_crf: all probability maps need the same number of classes, got "
                          f"{sorted({p.shape[0] for p in probs})}")
-    out, group = [], []
-    for i, im in enumerate(images):
-        if group and sum(images[k].shape[0] * images[k].shape[1] for k in group) + im.shape[0] * im.shape[1] > max_pixels:
-            out += _refine([images[k] for k in group], [probs[k] for k in group], params)
-            group = []
-        group.append(i)
-    out += _refine([images[k] for k in group], [probs[k] for k in group], params)
+    out, group, pixels = [], [], 0
+    for im, p in zip(images, probs):
+        if group and pixels + im.shape[0] * im.shape[1] > max_pixels:
+            out += _refine(*map(list, zip(*group)), params)
+            group, pixels = [], 0
+        group.append((im, p))
+        pixels += im.shape[0] * im.shape[1]
+    out += _refine(*map(list, zip(*group)), params)
     return torch.stack(out) if batched else out

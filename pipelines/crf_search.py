@@ -22,7 +22,7 @@ import mlflow
 import ray
 
 from deeplab_core.checkpoint import load_model
-from deeplab_core.crf import BACKENDS, CRFParams
+from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import decode_row
 from deeplab_core.inference import label_map, predict_coarse
 from deeplab_core.metrics import ConfusionMatrix
@@ -31,7 +31,7 @@ from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, init_ray, log, run
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.model_uri import download_model
-from pipelines.segment import crf_backend
+from pipelines.segment import add_crf_backend_argument, crf_backend
 
 EXPERIMENT = "crf-search"
 # The paper's ranges: w1 in [3, 6], σα in [30, 100], σβ in [3, 6].
@@ -109,8 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=3, help="grid points per axis and round (default 3)")
     p.add_argument("--rounds", type=int, default=2, help="coarse-to-fine rounds (default 2)")
     p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (default 10)")
-    p.add_argument("--crf-backend", choices=("auto", *BACKENDS), default="auto",
-                   help="auto (default): torch on the GPUs when the cluster has GPUs, else pydensecrf")
+    add_crf_backend_argument(p)
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default %(default)s)")
     args = p.parse_args(argv)
     for name in ("images", "iterations", "rounds"):

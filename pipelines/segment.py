@@ -75,13 +75,17 @@ def crf_backend(requested: str, cluster_has_gpus: bool) -> str:
     return "torch" if cluster_has_gpus else "pydensecrf"
 
 
+def add_crf_backend_argument(parser) -> None:
+    parser.add_argument("--crf-backend", choices=("auto", *BACKENDS), default="auto",
+                        help="auto (default): torch on the GPUs when the cluster has GPUs, pydensecrf on CPU-only "
+                             "clusters; pydensecrf: Krähenbühl's C++ on one CPU core per image; torch: the same "
+                             "inference in PyTorch ops (deeplab_core.crf_torch), on the GPU when there is one")
+
+
 def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
     crf = parser.add_argument_group("CRF (defaults: the released DeepLab ResNet-101 VOC setting)")
     crf.add_argument("--no-crf", action="store_true", help="skip the dense CRF")
-    crf.add_argument("--crf-backend", choices=("auto", *BACKENDS), default="auto",
-                     help="auto (default): torch on the GPUs when the cluster has GPUs, pydensecrf on CPU-only "
-                          "clusters; pydensecrf: Krähenbühl's C++ on one CPU core per image; torch: the same "
-                          "inference in PyTorch ops (deeplab_core.crf_torch), on the GPU when there is one")
+    add_crf_backend_argument(crf)
     crf.add_argument("--crf-preset", choices=sorted(CRF_PRESETS), default="resnet101_voc")
     crf.add_argument("--crf-params", metavar="runs:/RUN_ID",
                      help="take the crf.* params of this MLflow run (e.g. the best of a CRF search)")

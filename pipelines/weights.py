@@ -10,6 +10,8 @@ import urllib.error
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipelines import storage
+
 TORCHVISION = "torchvision:"
 
 
@@ -44,8 +46,6 @@ def torchvision_weights_file(spec: str) -> str:
 def local_weights_file(spec: str, directory: str) -> str:
     """The weights named by `model.init_weights` as a local file (read from storage into
     `directory` unless torchvision's cache has it)."""
-    from pipelines import storage
-
     if is_torchvision(spec):
         return torchvision_weights_file(spec)
     local = Path(directory) / "backbone.pth"
