@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/models.py
 	$(PY) bench/segment.py
 	$(PY) bench/crf.py
+	$(PY) bench/gpu.py --size 129 --batch 2 --steps 3 --warmup 1 --compile none  # CPU smoke run: its figures are for GPUs
 	$(PY) bench/soak.py
 
 # The real stack on this machine (Ray head + worker, MLflow server, S3 endpoint), all on 127.0.0.1.

@@ -1,7 +1,7 @@
 """Training throughput: the Ray Train path against a plain single-process PyTorch loop.
 
 Same model (configs/synthetic_tiny.yaml), same batch, same in-memory uint8 crops, same step function
-(`pipelines.training.train_step`), equal total threads: the loop runs one process with T threads;
+(`deeplab_core.train_step.train_step`), equal total threads: the loop runs one process with T threads;
 the Ray path runs one Ray Train worker with T threads fed through Ray Data (`get_dataset_shard`,
 `iter_torch_batches` with prefetching). Prints iterations/s of both, the ratio (goal >= 0.9) and
 the Ray path's data-wait fraction (goal < 5%).
@@ -26,7 +26,8 @@ from deeplab_core.data.synth import render_scene, void_borders
 from deeplab_core.models import build_model
 from pipelines.cli import init_ray
 from pipelines.config import config_from_dict, load_config
-from pipelines.training import make_optimizer, train_step
+from deeplab_core.train_step import train_step
+from pipelines.training import optimizer_for
 
 PRESET = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic_tiny.yaml")
 
@@ -44,7 +45,7 @@ def run_steps(cfg, batches, warmup: int, steps: int, prepare=lambda model: model
     """`warmup` untimed steps, then `steps` timed ones; waiting for the next batch is timed apart."""
     torch.manual_seed(0)
     model = prepare(build_model(cfg.model.name, 21, **cfg.model.options))
-    optimizer = make_optimizer(cfg, model)
+    optimizer = optimizer_for(cfg, model, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     device = torch.device("cpu")
     model.train()

@@ -17,10 +17,16 @@ SPEC_FILE = "model.json"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """DDP and MSC wrappers -> the plain SegmentationModel."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, MSC)):
-        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model.model
-    return model
+    """torch.compile, DDP and MSC wrappers -> the plain SegmentationModel."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, MSC):
+            model = model.model
+        else:
+            return model
 
 
 def save_model(directory: str | os.PathLike, model: nn.Module, spec: dict) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from deeplab_core.models import MODELS
 from deeplab_core.schedules import LR_POLICIES
+from deeplab_core.train_step import COMPILE_MODES, OPTIMIZERS, PRECISIONS
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ class TrainConfig:
     iterations: int = 20000
     batch_size: int = 10                # per worker and micro-batch
     iter_size: int = 1                  # micro-batches accumulated per step (the Caffe release: 2 × 5 = 10)
-    optimizer: str = field(default="sgd", metadata=choices("sgd", "adam"))
+    optimizer: str = field(default="sgd", metadata=choices(*OPTIMIZERS))
     base_lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -72,7 +73,9 @@ class TrainConfig:
     checkpoint_interval: int = 1000
     log_interval: int = 20
     # auto: bf16 autocast on GPUs that support it, else fp16 (with loss scaling); fp32 on CPU
-    precision: str = field(default="auto", metadata=choices("auto", "fp32", "fp16", "bf16"))
+    precision: str = field(default="auto", metadata=choices(*PRECISIONS))
+    # torch.compile of the training step; reduce-overhead replays it as CUDA graphs; auto: that on GPUs, none on CPU
+    compile: str = field(default="auto", metadata=choices(*COMPILE_MODES))
     seed: int = 0
 
 

@@ -7,7 +7,6 @@ dies therefore resumes from the last checkpoint with no metric step logged twice
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -24,13 +23,12 @@ import ray.train
 import ray.train.torch
 from deeplab_core.checkpoint import save_model, unwrap
 from deeplab_core.data.codec import decode_image, decode_label
-from deeplab_core.data.labels import IGNORE_INDEX
-from deeplab_core.data.transforms import normalize
 from deeplab_core.inference import predict_probabilities
-from deeplab_core.losses import param_groups, segmentation_loss
 from deeplab_core.metrics import ConfusionMatrix
 from deeplab_core.models import build_model
 from deeplab_core.schedules import lr_scheduler
+from deeplab_core.train_step import (autocast_dtype, buffers_change, compile_mode, compile_model, grad_scaler,
+                                     make_optimizer, preferred_memory_format, train_step)
 from pipelines import storage
 from pipelines.cli import log
 from pipelines.config import ExperimentConfig, config_from_dict
@@ -79,68 +77,33 @@ def evaluate(model: torch.nn.Module, rows: list[dict], num_classes: int, device:
     return cm
 
 
-def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper) or Adam, classifier at `classifier_lr_mult`× the base LR."""
-    groups = param_groups(model, cfg.train.base_lr, cfg.train.classifier_lr_mult, cfg.train.weight_decay)
-    if cfg.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.train.base_lr, momentum=cfg.train.momentum)
-    return torch.optim.Adam(groups, lr=cfg.train.base_lr)
+def optimizer_for(cfg: ExperimentConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """`train.optimizer` with the config's LR recipe."""
+    t = cfg.train
+    return make_optimizer(model, t.optimizer, t.base_lr, t.momentum, t.classifier_lr_mult, t.weight_decay, device)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """`train.precision` on this device: the autocast dtype, or None for fp32. auto: bf16 where the
-    GPU supports it (no loss scaling needed), else fp16; fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def train_step(model, optimizer, scaler, batches: dict | list[dict], device: torch.device,
-               dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One SGD step on one batch of uint8 crops, or on several accumulated (`train.iter_size`):
-    normalise, forward (autocast to `dtype` unless None), loss, backward, step. Accumulation is exact:
-    each micro-batch's summed loss is divided by the valid pixels of all of them, and DDP all-reduces
-    once, on the last backward. Returns the loss as a tensor on the device (reading it is the
-    caller's one host sync)."""
-    batches = [batches] if isinstance(batches, dict) else batches
-    targets = [b["label"].to(device, non_blocking=True).long() for b in batches]
-    normalizer = None if len(batches) == 1 else sum((y != IGNORE_INDEX).sum() for y in targets).clamp_min(1)
-    optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=device)
-    for k, (batch, y) in enumerate(zip(batches, targets)):
-        x = normalize(batch["image"].to(device, non_blocking=True))
-        last = k == len(batches) - 1
-        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = segmentation_loss(model(x), y, normalizer=normalizer)
-            scaler.scale(loss).backward()
-        total += loss.detach().float()
-    scaler.step(optimizer)
-    scaler.update()
-    return total
-
-
-def mean_loss(loss: torch.Tensor, world: int) -> float:
-    """The loss averaged over all ranks, read once: a NaN on any rank is a NaN on every rank, so all
-    of them see a diverged run at the same iteration and stop together."""
+def window_losses(losses: list[torch.Tensor], world: int) -> list[float]:
+    """The per-step losses of a log window averaged over all ranks, read in one host sync: a NaN on
+    any rank is a NaN on every rank, so all of them see a diverged run at the same iteration."""
+    values = torch.stack(losses).float()
     if world > 1:
-        loss = loss.float().clone()
-        dist.all_reduce(loss)
-        loss /= world
-    return loss.item()
+        dist.all_reduce(values)
+        values /= world
+    return values.tolist()
 
 
 class NonFiniteLoss(ValueError):
     """Training diverged; the message names the iteration, the learning rate and the likely causes."""
 
 
-def _batches(shard, batch_size: int):
-    """Endless stream of batches, epoch after epoch (each epoch re-augments)."""
+def _batches(shard, batch_size: int, device: torch.device):
+    """Endless stream of batches on `device`, epoch after epoch (each epoch re-augments). Ray Data's
+    prefetch thread copies them, from pinned memory on a GPU so the copy never waits for the GPU."""
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2,
+                                              device=device, pin_memory=device.type == "cuda"):
             seen += 1
             yield batch
         if not seen:
@@ -159,11 +122,16 @@ def train_loop(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
 
     init_state = ray.get(loop_config["init_state"]) if loop_config.get("init_state") is not None else None
-    model = ray.train.torch.prepare_model(initial_model(cfg, spec, init_state))
-    optimizer = make_optimizer(cfg, model)
+    model = initial_model(cfg, spec, init_state).to(memory_format=preferred_memory_format(device))
+    # Frozen BN's statistics never change: DDP need not broadcast them before every forward.
+    net = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": buffers_change(model)})
+    model = compile_model(net, cfg.train.compile, device)  # evaluation runs `net`: its image sizes vary
+    if rank == 0 and compile_mode(cfg.train.compile, device) != "none":
+        log(f"train: train.compile={compile_mode(cfg.train.compile, device)}: the first steps compile (a minute or two)")
+    optimizer = optimizer_for(cfg, net, device)
     scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
                              cfg.train.step_size)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # bf16 needs no scaling
+    scaler = grad_scaler(dtype, device)
 
     iteration, best = 0, float("-inf")
     checkpoint = ray.train.get_checkpoint()
@@ -183,42 +151,52 @@ def train_loop(loop_config: dict) -> None:
         dist.all_gather_object(nodes, nodes[0])
     if metrics is not None:
         metrics.tag("train_nodes", ",".join(nodes))  # which Ray node each rank ran on
-    stream = _batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size)
+    stream = _batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size, device)
     classes = spec["classes"]
-    losses, waited, window_start = [], 0.0, time.perf_counter()
+    # Losses stay on the device until a log, evaluation or checkpoint reads them, all at once: no
+    # host sync per step. A non-finite one is therefore caught before any checkpoint could keep it.
+    pending, pending_lrs, losses, waited, window_start = [], [], [], 0.0, time.perf_counter()
     model.train()
     while iteration < cfg.train.iterations:
         t0 = time.perf_counter()
         batches = [next(stream) for _ in range(cfg.train.iter_size)]
         waited += time.perf_counter() - t0
-        loss = mean_loss(train_step(model, optimizer, scaler, batches, device, dtype), world)
-        if not math.isfinite(loss):
-            # Every rank is here at the same iteration (mean_loss) and stops: an exception would make
-            # Ray Train retry a run that diverges again. The driver reads the record rank 0 leaves.
-            if metrics is not None:
-                metrics.flush()
-                storage.write_bytes(loop_config["diverged_uri"], json.dumps(
-                    {"iteration": iteration + 1, "loss": str(loss), "lr": optimizer.param_groups[0]["lr"]}).encode())
-            return
-        losses.append(loss)
+        pending.append(train_step(model, optimizer, scaler, batches, device, dtype))
+        pending_lrs.append(optimizer.param_groups[0]["lr"])
         scheduler.step()
         iteration += 1
 
         last = iteration == cfg.train.iterations
-        if metrics is not None and (iteration % cfg.train.log_interval == 0 or last):
+        log_now = iteration % cfg.train.log_interval == 0 or last
+        save = iteration % cfg.train.checkpoint_interval == 0 or last
+        evaluate_now = save or iteration % cfg.train.eval_interval == 0
+        if log_now or evaluate_now:
+            values = window_losses(pending, world)
+            bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+            if bad is not None:
+                # Every rank reads the same values and stops here: an exception would make Ray Train
+                # retry a run that diverges again. The driver reads the record rank 0 leaves.
+                if metrics is not None:
+                    metrics.flush()
+                    storage.write_bytes(loop_config["diverged_uri"], json.dumps(
+                        {"iteration": iteration - len(values) + bad + 1, "loss": str(values[bad]),
+                         "lr": pending_lrs[bad]}).encode())
+                return
+            losses += values
+            pending, pending_lrs = [], []
+        if log_now:
             elapsed = time.perf_counter() - window_start
-            window = {"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": len(losses) * cfg.train.batch_size * cfg.train.iter_size * world / elapsed,
-                      "data_wait_fraction": waited / elapsed}
-            metrics.add(window, iteration)
-            log(f"train: iteration {iteration}/{cfg.train.iterations} loss {window['loss']:.4f} "
-                f"{window['images_per_s']:.1f} images/s, data wait {100 * window['data_wait_fraction']:.0f}%")
-        if iteration % cfg.train.log_interval == 0 or last:
+            if metrics is not None:
+                window = {"loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": len(losses) * cfg.train.batch_size * cfg.train.iter_size * world / elapsed,
+                          "data_wait_fraction": waited / elapsed}
+                metrics.add(window, iteration)
+                log(f"train: iteration {iteration}/{cfg.train.iterations} loss {window['loss']:.4f} "
+                    f"{window['images_per_s']:.1f} images/s, data wait {100 * window['data_wait_fraction']:.0f}%")
             losses, waited, window_start = [], 0.0, time.perf_counter()
 
-        save = iteration % cfg.train.checkpoint_interval == 0 or last
-        if save or iteration % cfg.train.eval_interval == 0:
-            cm = evaluate(model, val_rows, spec["num_classes"], device)
+        if evaluate_now:
+            cm = evaluate(net, val_rows, spec["num_classes"], device)
             val_miou = cm.miou()
             best = max(best, val_miou)
             if metrics is not None:

@@ -186,7 +186,7 @@ def test_a_diverging_loss_stops_training_at_once(dataset, tmp_path):
 
 @pytest.mark.parametrize("precision", ["auto", "fp32", "fp16", "bf16"])
 def test_every_precision_takes_a_finite_step_on_cpu(precision):
-    from pipelines.training import autocast_dtype, train_step
+    from deeplab_core.train_step import autocast_dtype, train_step
 
     device = torch.device("cpu")
     dtype = autocast_dtype(precision, device)
@@ -210,7 +210,7 @@ def test_every_precision_takes_a_finite_step_on_cpu(precision):
 def test_accumulated_micro_batches_give_the_big_batch_gradient():
     """train.iter_size: 2 micro-batches with different numbers of ignored pixels give exactly the
     gradient of one batch of both (a model without BN statistics: frozen BN, eval mode)."""
-    from pipelines.training import train_step
+    from deeplab_core.train_step import train_step
 
     torch.manual_seed(0)
     model = build_model("deeplabv3plus_mobilenetv3", 3, width_mult=0.5, bn="frozen").eval()
