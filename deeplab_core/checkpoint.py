@@ -11,22 +11,10 @@ import torch
 from torch import nn
 
 from .models import MSC, build_model
+from .models.segmentation import unwrap  # noqa: F401 (callers import it from here too)
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "model.json"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """torch.compile, DDP and MSC wrappers -> the plain SegmentationModel."""
-    while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(model, MSC):
-            model = model.model
-        else:
-            return model
 
 
 def save_model(directory: str | os.PathLike, model: nn.Module, spec: dict) -> None:

@@ -11,13 +11,13 @@ from .crf_torch import dense_crf_batch
 from .data.transforms import normalize
 from .models import tta_probabilities
 from .models.msc import _rescale
-from .models.segmentation import upsample_logits
+from .models.segmentation import input_normalization, upsample_logits
 
 
 def predict_probabilities(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                           scales=(1.0,), flip: bool = False, amp: bool = False) -> np.ndarray:
     """H×W×3 uint8 -> C×H×W float32 class probabilities at the image's own resolution."""
-    x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None].to(device))
+    x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None].to(device), input_normalization(model))
     device_type = torch.device(device).type
     with torch.autocast(device_type, enabled=amp and device_type == "cuda"):
         probs = tta_probabilities(model, x, scales, flip)
@@ -38,7 +38,7 @@ def coarse_scores(model: nn.Module, images: np.ndarray, device: torch.device | s
     A single scale without flip returns the raw coarse logits, so upsampling them reproduces the
     model's own forward bit for bit. With test-time scales/flips the probabilities of each pass are
     averaged on the grid of the scale-1 pass and returned as their log."""
-    x = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+    x = normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device), input_normalization(model))
     device_type = torch.device(device).type
     with torch.autocast(device_type, enabled=amp and device_type == "cuda"):
         if tuple(scales) == (1.0,) and not flip:

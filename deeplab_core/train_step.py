@@ -19,6 +19,7 @@ from torch import nn
 from .data.labels import IGNORE_INDEX
 from .data.transforms import normalize
 from .losses import param_groups, segmentation_loss
+from .models.segmentation import input_normalization
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead")
@@ -97,10 +98,11 @@ def train_step(model, optimizer, scaler, batches: dict | list[dict], device: tor
     targets = [b["label"].to(device, non_blocking=True).long() for b in batches]
     normalizer = None if len(batches) == 1 else sum((y != IGNORE_INDEX).sum() for y in targets).clamp_min(1)
     memory_format = memory_format or preferred_memory_format(device)
+    normalization = input_normalization(model)
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
     for k, (batch, y) in enumerate(zip(batches, targets)):
-        x = normalize(batch["image"].to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+        x = normalize(batch["image"].to(device, non_blocking=True), normalization).contiguous(memory_format=memory_format)
         last = k == len(batches) - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

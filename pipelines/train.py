@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from deeplab_core.checkpoint import load_model, matching_state, read_state
+from deeplab_core.checkpoint import load_model, matching_state, read_spec, read_state
 from deeplab_core.models import model_options
 from pipelines import storage, tracking
 from pipelines.cli import emit_summary, init_ray, log, output, run
@@ -57,7 +57,13 @@ def warm_start(cfg: ExperimentConfig, spec: dict, run_id: str) -> dict | None:
     the paper); the loaded and skipped counts go to MLflow."""
     if not cfg.model.init_from:
         return None
-    state = read_state(download_model(cfg.model.init_from))
+    directory = download_model(cfg.model.init_from)
+    theirs = read_spec(directory).get("options", {}).get("style", "torchvision")
+    ours = cfg.model.options.get("style", "torchvision")
+    if theirs != ours:  # same tensor shapes, other geometry and input: loading would silently mislead
+        raise ValueError(f"model.init_from {cfg.model.init_from} is a {theirs}-style model; set "
+                         f"model.options.style={theirs} (this config builds {ours}-style)")
+    state = read_state(directory)
     loaded, skipped = matching_state(initial_model(dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, init_weights=None)), spec), state)
     if not loaded:

@@ -47,4 +47,5 @@ def test_frozen_batch_norm_without_weights_is_refused():
     assert cfg.model.init_from == "models:/coco/1"
     for preset in ROOT.glob("configs/*.yaml"):  # the paper presets say where their weights come from
         cfg = load_config(str(preset))
-        assert cfg.model.options.get("bn") != "frozen" or cfg.model.init_weights.startswith("torchvision:")
+        assert (cfg.model.options.get("bn") != "frozen" or (cfg.model.init_weights or "").startswith("torchvision:")
+                or cfg.model.init_from), preset

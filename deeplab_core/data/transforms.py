@@ -1,6 +1,8 @@
 """Geometric transforms applied identically to an image and its label."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -58,10 +60,30 @@ def train_sample(rng: np.random.Generator, image: np.ndarray, label: np.ndarray,
     return pad_crop_pair(rng, image, label, crop)
 
 
-def normalize(images):
-    """uint8 N×H×W×3 (torch) -> float N×3×H×W normalised with the ImageNet statistics."""
+@dataclass(frozen=True)
+class InputNormalization:
+    """How a model expects its input: uint8 RGB -> (x / scale - mean) / std, channels reversed first
+    when `bgr` (mean and std then in BGR order)."""
+    name: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bgr: bool = False
+
+
+IMAGENET = InputNormalization("imagenet", 255.0, MEAN, STD)
+# The released DeepLab Caffe models: BGR, 0-255, minus the mean pixel of their prototxt.
+CAFFE = InputNormalization("caffe", 1.0, (104.008, 116.669, 122.675), (1.0, 1.0, 1.0), bgr=True)
+NORMALIZATIONS = {n.name: n for n in (IMAGENET, CAFFE)}
+
+
+def normalize(images, normalization: InputNormalization = IMAGENET):
+    """uint8 N×H×W×3 RGB (torch) -> float N×3×H×W as the model expects it (`normalization`)."""
     import torch
 
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+    x = images.permute(0, 3, 1, 2).float()
+    if normalization.bgr:
+        x = x.flip(1)
+    mean = torch.tensor(normalization.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=images.device).view(1, 3, 1, 1)
+    return (x.div_(normalization.scale) - mean) / std

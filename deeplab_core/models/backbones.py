@@ -15,7 +15,12 @@ from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import misc
 
+from ..data.transforms import CAFFE, IMAGENET
+
 BN_MODES = ("frozen", "sync", "plain")
+# torchvision: torchvision's layout, ImageNet RGB input. caffe: the released DeepLab-v2 Caffe models'
+# layout (see `caffe_resnet_geometry`) and input (BGR, 0-255, minus the mean pixel).
+STYLES = ("torchvision", "caffe")
 
 
 class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
@@ -28,9 +33,16 @@ class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
 
 
 class Backbone(IntermediateLayerGetter):
-    def __init__(self, model: nn.Module, return_layers: dict[str, str], channels: dict[str, int]):
+    def __init__(self, model: nn.Module, return_layers: dict[str, str], channels: dict[str, int],
+                 style: str = "torchvision"):
         super().__init__(model, return_layers)
         self.channels = channels
+        self.normalization = CAFFE if style == "caffe" else IMAGENET
+
+
+def check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
 
 
 def norm_layer(bn: str):
@@ -66,17 +78,19 @@ def _vgg16(weights) -> nn.Module:
     return vgg
 
 
-def vgg16_deeplab(weights=None) -> Backbone:
+def vgg16_deeplab(weights=None, style: str = "torchvision") -> Backbone:
     """VGG-16 as in DeepLab v1/v2: 3×3 pooling (stride 2, 2, 2, 1, 1), conv5 at dilation 2, so the
-    output stride is 8."""
+    output stride is 8. The Caffe style rounds pooled sizes up, as Caffe does (equal on odd sizes
+    such as 321, one more row on even ones)."""
+    check_style(style)
     features = _vgg16(weights).features
     pool_index = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
     for n, i in enumerate(pool_index):
-        features[i] = nn.MaxPool2d(3, stride=2 if n < 3 else 1, padding=1)
+        features[i] = nn.MaxPool2d(3, stride=2 if n < 3 else 1, padding=1, ceil_mode=style == "caffe")
     for m in features[pool_index[3] + 1: pool_index[4]]:
         if isinstance(m, nn.Conv2d):
             m.dilation, m.padding = (2, 2), (2, 2)
-    return Backbone(features, {str(pool_index[4]): "out"}, {"out": 512})
+    return Backbone(features, {str(pool_index[4]): "out"}, {"out": 512}, style)
 
 
 def vgg16_fcn(weights=None) -> Backbone:
@@ -90,14 +104,36 @@ def vgg16_fcn(weights=None) -> Backbone:
                     {"pool3": 256, "pool4": 512, "out": 512})
 
 
-def resnet(depth: int = 101, output_stride: int = 8, multi_grid=None, bn: str = "frozen", weights=None) -> Backbone:
+def caffe_resnet_geometry(net: nn.Module, output_stride: int) -> None:
+    """Turn torchvision's (v1.5) dilated ResNet into the released DeepLab-v2 ResNet (MSRA's Caffe
+    ResNet v1): the stride of each downsampling block on its 1×1 `branch2a` conv, not the 3×3;
+    3×3 max pooling with padding 1 rounded up (Caffe's pooling arithmetic, as the PyTorch ports
+    that reproduce the paper build it); and every block of a dilated stage at the stage's rate
+    (res4 at 2, res5 at 4 for output stride 8), where torchvision keeps the first block of a stage
+    at the previous rate."""
+    net.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        first = layer[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+    rates = {"layer3": 2 if output_stride == 8 else 1, "layer4": 4 if output_stride == 8 else 2}
+    for name, rate in rates.items():
+        for block in getattr(net, name):
+            block.conv2.dilation = block.conv2.padding = (rate, rate)
+
+
+def resnet(depth: int = 101, output_stride: int = 8, multi_grid=None, bn: str = "frozen", weights=None,
+           style: str = "torchvision") -> Backbone:
     """ResNet-50/101 with strides replaced by dilation for output stride 8 or 16. `multi_grid`
-    (DeepLab v3, e.g. (1, 2, 4)) multiplies the dilation of layer4's three blocks."""
+    (DeepLab v3, e.g. (1, 2, 4)) multiplies the dilation of layer4's three blocks. `style="caffe"`:
+    the geometry of the released DeepLab-v2 models (`caffe_resnet_geometry`)."""
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+    check_style(style)
     build = {50: models.resnet50, 101: models.resnet101}[depth]
     net = build(weights=None, norm_layer=norm_layer(bn),
                 replace_stride_with_dilation=[False, output_stride == 8, True])
+    if style == "caffe":
+        caffe_resnet_geometry(net, output_stride)
     if weights:
         load_weights(net, weights)
     if multi_grid:
@@ -107,7 +143,7 @@ def resnet(depth: int = 101, output_stride: int = 8, multi_grid=None, bn: str = 
         for block, unit in zip(net.layer4, multi_grid):
             rate = base * unit
             block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
-    return Backbone(net, {"layer1": "low", "layer4": "out"}, {"low": 256, "out": 2048})
+    return Backbone(net, {"layer1": "low", "layer4": "out"}, {"low": 256, "out": 2048}, style)
 
 
 def mobilenetv3(output_stride: int = 16, width_mult: float = 1.0, bn: str = "frozen", weights=None) -> Backbone:

@@ -20,13 +20,14 @@ from .msc import MSC
 from .segmentation import SegmentationModel
 
 
-def _vgg16(backbone_weights=None):
-    return bb.vgg16_deeplab(backbone_weights)
+def _vgg16(backbone_weights=None, style: str = "torchvision"):
+    return bb.vgg16_deeplab(backbone_weights, style)
 
 
 def _resnet(depth):
-    def build(output_stride: int = 8, multi_grid=None, bn: str = "plain", backbone_weights=None):
-        return bb.resnet(depth, output_stride, multi_grid, bn, backbone_weights)
+    def build(output_stride: int = 8, multi_grid=None, bn: str = "plain", backbone_weights=None,
+              style: str = "torchvision"):
+        return bb.resnet(depth, output_stride, multi_grid, bn, backbone_weights, style)
     return build
 
 

@@ -5,6 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import IMAGENET, InputNormalization
+from .msc import MSC
+
 
 class SegmentationModel(nn.Module):
     """`head` takes the backbone's "out" map, or the whole feature dict when `head_takes_all`.
@@ -27,6 +30,29 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upsample_logits(self.coarse_logits(x), x.shape[-2:])
+
+    @property
+    def input_normalization(self) -> InputNormalization:
+        """What the backbone's weights expect: ImageNet RGB statistics, or Caffe's BGR mean pixel."""
+        return getattr(self.backbone, "normalization", IMAGENET)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """torch.compile, DDP and MSC wrappers -> the plain SegmentationModel."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, MSC):
+            model = model.model
+        else:
+            return model
+
+
+def input_normalization(model: nn.Module) -> InputNormalization:
+    """The input normalisation of a model inside any wrappers; callers normalise with it."""
+    return getattr(unwrap(model), "input_normalization", IMAGENET)
 
 
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
