@@ -2,8 +2,9 @@
 
     python pipelines/compare.py --experiment deeplab-synthetic [--format md|csv|html] [--out table.md]
 
-One row per training run: model, backbone, LargeFOV, ASPP, MSC, pretrained init, augmentation,
-LR policy, iterations, and mIoU before / after the CRF (from `evaluate.py`; the training's own val
+One row per training run, grouped by dataset (VOC, Cityscapes, PASCAL-Context, ... as the paper's
+tables): model, backbone, LargeFOV, ASPP, MSC, pretrained init, augmentation, LR policy,
+iterations, and mIoU before / after the CRF (from `evaluate.py`; the training's own val
 mIoU when the run was not evaluated). Works on the embedded sqlite store and on a tracking server
 (MLFLOW_TRACKING_URI). The table (md, csv, html) and a bar chart are logged as artifacts of a
 summary run in the same experiment (tagged deeplab.kind=comparison, never listed itself). The table
@@ -30,7 +31,7 @@ from pipelines import tracking  # noqa: E402
 from pipelines.cli import emit_summary, log, output, run  # noqa: E402
 
 KIND_TAG = "deeplab.kind"
-COLUMNS = ["run", "model", "backbone", "LargeFOV", "ASPP", "MSC", "pretrained", "augmentation", "LR policy",
+COLUMNS = ["dataset", "run", "model", "backbone", "LargeFOV", "ASPP", "MSC", "pretrained", "augmentation", "LR policy",
            "iterations", "mIoU", "mIoU + CRF"]
 ASPP = {"aspp_s": "ASPP-S", "aspp_l": "ASPP-L"}
 
@@ -54,9 +55,11 @@ def run_row(r) -> dict:
     scale, flip = p.get("data.scale_range", ""), p.get("data.flip", "")
     augmentation = ", ".join(x for x in (f"scale {scale}" if scale not in ("", "[1.0, 1.0]", "(1.0, 1.0)") else "",
                                          "flip" if flip == "True" else "") if x)
-    return {"run": r.info.run_name or r.info.run_id, **model_columns(p.get("model.name", "?")),
+    return {"dataset": r.data.tags.get("dataset", ""), "run": r.info.run_name or r.info.run_id,
+            **model_columns(p.get("model.name", "?")),
             "MSC": "yes" if p.get("model.msc") == "True" else "",
-            "pretrained": "yes" if p.get("model.init_weights") not in (None, "", "None") else "",
+            "pretrained": "yes" if any(p.get(k) not in (None, "", "None")
+                                       for k in ("model.init_weights", "model.init_from")) else "",
             "augmentation": augmentation, "LR policy": p.get("train.lr_policy", ""),
             "iterations": p.get("train.iterations", ""),
             "mIoU": _percent(m.get("eval_miou", m.get("val_miou"))), "mIoU + CRF": _percent(m.get("eval_miou_crf")),
@@ -81,7 +84,7 @@ def experiment_rows(experiment: str) -> list[dict]:
     rows = [run_row(r) for r in runs if r.data.tags.get(KIND_TAG) != "comparison" and "model.name" in r.data.params]
     if not rows:
         raise ValueError(f"experiment {experiment!r} has no training runs to compare")
-    return rows
+    return sorted(rows, key=lambda row: row["dataset"])  # stable: by start time within a dataset
 
 
 def render(rows: list[dict], fmt: str) -> str:

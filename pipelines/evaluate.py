@@ -9,6 +9,7 @@ Two modes:
     # a folder of prediction PNGs (named by image id) against a raw ground-truth tree
     python pipelines/evaluate.py --dataset voc --gt-root data/raw/voc --split val --pred out/masks
     python pipelines/evaluate.py --dataset cityscapes --gt-root data/raw/cs --split val --pred out/masks
+    python pipelines/evaluate.py --dataset pascal_context --gt-root data/raw/context --split val --pred out/masks
 
 VOC predictions hold train ids (palette or grey PNG); Cityscapes predictions hold labelIds, as the
 official evaluation expects (`segment.py --cityscapes-label-ids` writes them). Results are logged
@@ -29,7 +30,7 @@ import numpy as np
 from deeplab_core.checkpoint import load_model
 from deeplab_core.data.codec import decode_label, decode_row
 from deeplab_core.data.labels import cityscapes_to_train_ids, label_set
-from deeplab_core.data.layouts import find_examples, load_label
+from deeplab_core.data.layouts import DATASETS, find_examples, load_label
 from deeplab_core.evaluation import SegmentationScores
 from deeplab_core.inference import label_map, predict_coarse
 from pipelines import storage, tracking
@@ -215,7 +216,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     model.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="Ray Data actors (one CPU each)")
     add_crf_arguments(p)
     pred = p.add_argument_group("a folder of predictions against a raw ground-truth tree")
-    pred.add_argument("--dataset", choices=["voc", "cityscapes"])
+    pred.add_argument("--dataset", choices=DATASETS)
     pred.add_argument("--gt-root", help="the raw dataset root (VOC: holds VOCdevkit/; Cityscapes: gtFine/)")
     pred.add_argument("--pred", help="folder or s3:// prefix of <image id>.png predictions (searched recursively)")
     p.add_argument("--experiment", default=EXPERIMENT,

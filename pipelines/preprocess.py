@@ -83,7 +83,7 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
     storage.check_writable(out)
     fs, root_path = storage.resolve(root)
     with storage.reading(root):
-        examples = find_examples(fs, root_path, dataset, splits)
+        examples = find_examples(fs, root_path, dataset, splits, log)
     staging = storage.join(out, f"{STAGING}{uuid.uuid4().hex[:12]}")
     jobs = []
     for split, items in examples.items():

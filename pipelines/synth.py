@@ -1,6 +1,9 @@
-"""Write a synthetic dataset in the exact on-disk layout of PASCAL VOC 2012 (+SBD) or Cityscapes.
+"""Write a synthetic dataset in the exact on-disk layout of PASCAL VOC 2012 (+SBD), Cityscapes,
+PASCAL-Context (the original release or mmsegmentation's conversion) or PASCAL-Person-Part.
 
     python pipelines/synth.py --dataset voc --out data/raw --train 40 --val 20 --seed 0 [--sbd]
+    python pipelines/synth.py --dataset pascal_context --out data/raw/context --context-layout both
+    python pipelines/synth.py --dataset pascal_person_part --out data/raw/parts --part-lists paths
 
 The trees are read by torchvision's VOCSegmentation / Cityscapes as they read the real releases.
 Scenes: objects of several classes with class-dependent shape, colour and stripe texture, at
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from deeplab_core.data.synth import write_cityscapes, write_voc
+from deeplab_core.data.synth import write_cityscapes, write_pascal_context, write_pascal_person_part, write_voc
 from pipelines.cli import emit_summary, log, run
 
 
@@ -28,7 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="synth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=("voc", "cityscapes"))
+    p.add_argument("--dataset", required=True, choices=("voc", "cityscapes", "pascal_context", "pascal_person_part"))
     p.add_argument("--out", required=True, help="local directory to write the tree into")
     p.add_argument("--train", type=int, default=40, help="training images (default 40)")
     p.add_argument("--val", type=int, default=20, help="validation images (default 20)")
@@ -39,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=20, help="VOC only: object classes that appear, 1..20 (default 20)")
     p.add_argument("--min-scale", type=float, default=0.05,
                    help="VOC only: smallest object side / image short side (default 0.05; largest is 0.6)")
+    p.add_argument("--context-layout", default="original", choices=("original", "mmseg", "both"),
+                   help="pascal_context only: the release's trainval/*.mat, mmsegmentation's PNGs, or both")
+    p.add_argument("--context-classes", type=int, default=6,
+                   help="pascal_context only: how many of the 59 classes appear (default 6)")
+    p.add_argument("--part-lists", default="ids", choices=("ids", "paths"),
+                   help="pascal_person_part only: splits as {train,val}_id.txt or as {train,val}.txt path lines")
     return p.parse_args(argv)
 
 
@@ -50,12 +59,18 @@ def main(argv=None) -> int:
     if args.dataset == "voc":
         layout = write_voc(args.out, args.train, args.val, args.seed, args.size or (500, 375), args.sbd, args.sbd_extra,
                            args.classes, (args.min_scale, 0.6))
-        counts = {"train": len(layout["train"]), "val": len(layout["val"])}
-        if args.sbd:
-            counts.update(sbd_train=len(layout["sbd_train"]), sbd_val=len(layout["sbd_val"]))
-    else:
+        layout = {k: v for k, v in layout.items() if k != "voc"}  # split -> ids (with sbd_train, sbd_val)
+    elif args.dataset == "cityscapes":
         layout = write_cityscapes(args.out, args.train, args.val, args.seed, args.size or (2048, 1024))
-        counts = {split: len(names) for split, names in layout.items()}
+    elif args.dataset == "pascal_context":
+        if not 1 <= args.context_classes <= 59:
+            raise ValueError(f"--context-classes must be 1..59, got {args.context_classes}")
+        layout = write_pascal_context(args.out, args.train, args.val, args.seed, args.size or (500, 375),
+                                      args.context_layout, args.context_classes)
+    else:
+        layout = write_pascal_person_part(args.out, args.train, args.val, args.seed, args.size or (500, 375),
+                                          args.part_lists)
+    counts = {split: len(names) for split, names in layout.items()}
     emit_summary({"dataset": args.dataset, "out": args.out, "images": counts, "seed": args.seed})
     return 0
 

@@ -169,7 +169,8 @@ def make_runs(experiment: str) -> dict[str, str]:
             "v3plus": ("deeplabv3plus_mobilenetv3", "poly", "False", "None", 0.73, 0.75)}
     ids = {}
     for name, (model, policy, msc, init, miou, miou_crf) in grid.items():
-        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as r:
+        dataset = "voc" if name != "aspp_l-step-msc" else "pascal_context"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={"dataset": dataset}) as r:
             mlflow.log_params({"model.name": model, "train.lr_policy": policy, "model.msc": msc,
                                "model.init_weights": init, "data.scale_range": "[0.5, 1.5]", "data.flip": "True",
                                "train.iterations": 100})
@@ -184,9 +185,10 @@ def check_table(capsys, experiment: str):
     assert compare.main(["--experiment", experiment, "--format", "csv"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
-    table = out[next(i for i, line in enumerate(out) if line.startswith("run,")):-1]
+    table = out[next(i for i, line in enumerate(out) if line.startswith("dataset,run,")):-1]
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO("\n".join(table)))}
-    assert set(rows) == {"largefov-poly", "aspp_l-step-msc", "v3plus"}
+    assert list(rows) == ["aspp_l-step-msc", "largefov-poly", "v3plus"]  # grouped by dataset, then by start
+    assert [r["dataset"] for r in rows.values()] == ["pascal_context", "voc", "voc"]
     assert rows["largefov-poly"] | {} == {**rows["largefov-poly"], "model": "deeplabv2", "backbone": "vgg16",
                                          "LargeFOV": "yes", "ASPP": "", "MSC": "", "pretrained": "",
                                          "LR policy": "poly", "mIoU": "61.00", "mIoU + CRF": "66.00",

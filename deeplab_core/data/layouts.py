@@ -1,4 +1,5 @@
-"""Readers of the raw PASCAL VOC 2012 (+SBD) and Cityscapes trees, on any pyarrow filesystem.
+"""Readers of the raw PASCAL VOC 2012 (+SBD), Cityscapes, PASCAL-Context and PASCAL-Person-Part
+trees, on any pyarrow filesystem.
 
 `find_examples` lists what a tree holds per split; `example_rows` turns one example into Parquet
 rows (train ids, the original image bytes, optional augmented copies) or raises `BadExample`.
@@ -15,10 +16,12 @@ import pyarrow.fs as pafs
 from scipy.io import loadmat
 
 from .codec import DecodeError, encode_label, encode_png, open_image
-from .labels import IGNORE_INDEX, VOC, cityscapes_to_train_ids
+from .labels import CONTEXT_CLASSES, IGNORE_INDEX, PASCAL_PERSON_PART, VOC, cityscapes_to_train_ids
 from .transforms import random_scale_flip
 
-DATASETS = ("voc", "cityscapes")
+DATASETS = ("voc", "cityscapes", "pascal_context", "pascal_person_part")
+# How 59_labels.txt spells some PASCAL-Context classes -> how labels.txt (and CONTEXT_CLASSES) spell them.
+CONTEXT_SPELLINGS = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"}
 
 
 class LayoutError(ValueError):
@@ -35,7 +38,8 @@ class RawExample:
     split: str
     image: str        # path on the filesystem
     label: str
-    label_format: str  # "index_png" (VOC), "sbd_mat", "cityscapes_ids"
+    label_format: str  # "index_png" (VOC), "sbd_mat", "cityscapes_ids", "context_mat", "context_png", "part_png"
+    class_map: tuple[int, ...] | None = None  # context_mat: train id of each of the 459 labels (one shared tuple)
 
 
 def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
@@ -121,12 +125,98 @@ def find_cityscapes(fs, root: str, splits=None) -> dict[str, list[RawExample]]:
     return out
 
 
-def find_examples(fs, root: str, dataset: str, splits=None) -> dict[str, list[RawExample]]:
+def _split_lists(fs, root: str, directory: str, names: dict[str, str], splits, parse=lambda line: line):
+    """{split: ids} from `directory/<file>` for the wanted splits; `names` maps split -> file name."""
+    available = [s for s, f in names.items() if fs.get_file_info(posixpath.join(directory, f)).is_file]
+    wanted = list(splits) if splits else [s for s in ("train", "val") if s in available]
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise LayoutError(f"{root}: split(s) {', '.join(unknown)} not found in {directory}; "
+                          f"available: {', '.join(available) or 'none'}")
+    return {s: [parse(line) for line in _read_lines(fs, posixpath.join(directory, names[s]))] for s in wanted}
+
+
+def context_class_map(fs, root: str) -> tuple[int, ...]:
+    """PASCAL-Context's 459 label ids -> the project's 60 train ids, by name: `labels.txt` names
+    each id, `59_labels.txt` the kept classes (in another order, some spelled otherwise); every other
+    id, and 0 (unlabeled), is background."""
+    def entries(name):
+        out = []
+        for line in _read_lines(fs, posixpath.join(root, name)):
+            number, _, label = line.partition(":")
+            if not number.strip().isdigit() or not label.strip():
+                raise LayoutError(f"{posixpath.join(root, name)}: expected lines '<id>: <name>', got {line!r}")
+            out.append((int(number), label.strip()))
+        return out
+
+    ids = {label: number for number, label in entries("labels.txt")}
+    class_map = [0] * (max(ids.values(), default=0) + 1)
+    for _, label in entries("59_labels.txt"):
+        name = CONTEXT_SPELLINGS.get(label, label)
+        if name not in CONTEXT_CLASSES:
+            raise LayoutError(f"{root}/59_labels.txt: {label!r} is not a PASCAL-Context class of the paper")
+        number = ids.get(name, ids.get(label))
+        if number is None:
+            raise LayoutError(f"{root}/labels.txt: no class named {name!r} (59_labels.txt lists it)")
+        class_map[number] = CONTEXT_CLASSES.index(name)
+    return tuple(class_map)
+
+
+def find_pascal_context(fs, root: str, splits=None, log=None) -> dict[str, list[RawExample]]:
+    """The original release (`trainval/<id>.mat`, `labels.txt`, `59_labels.txt`, splits of
+    VOC2010/ImageSets/Main) or mmsegmentation's conversion (`VOC2010/SegmentationClassContext`,
+    `ImageSets/SegmentationContext`); the original when both are there."""
+    voc = posixpath.join(root, "VOCdevkit", "VOC2010")
+    original = _is_dir(fs, posixpath.join(root, "trainval")) and fs.get_file_info(
+        posixpath.join(root, "labels.txt")).is_file
+    converted = _is_dir(fs, posixpath.join(voc, "SegmentationClassContext"))
+    if not original and not converted:
+        raise LayoutError(f"{root}: expected the PASCAL-Context release (trainval/, labels.txt, 59_labels.txt "
+                          "beside VOCdevkit/VOC2010) or mmsegmentation's VOC2010/SegmentationClassContext")
+    if original and converted and log:
+        log(f"preprocess: {root} holds both PASCAL-Context layouts; reading the original release (trainval/*.mat)")
+    image = lambda i: posixpath.join(voc, "JPEGImages", f"{i}.jpg")  # noqa: E731
+    if original:
+        class_map = context_class_map(fs, root)
+        lists = _split_lists(fs, root, posixpath.join(voc, "ImageSets", "Main"),
+                             {"train": "train.txt", "val": "val.txt"}, splits, lambda line: line.split()[0])
+        return {s: [RawExample(i, s, image(i), posixpath.join(root, "trainval", f"{i}.mat"), "context_mat", class_map)
+                    for i in ids] for s, ids in lists.items()}
+    lists = _split_lists(fs, root, posixpath.join(voc, "ImageSets", "SegmentationContext"),
+                         {"train": "train.txt", "val": "val.txt"}, splits)
+    return {s: [RawExample(i, s, image(i), posixpath.join(voc, "SegmentationClassContext", f"{i}.png"), "context_png")
+                for i in ids] for s, ids in lists.items()}
+
+
+def find_pascal_person_part(fs, root: str, splits=None) -> dict[str, list[RawExample]]:
+    """VOC2010 images, part labels in `pascal_person_part/pascal_person_part_gt/<id>.png`; splits
+    from `pascal_person_part_trainval_list/{train,val}_id.txt`, else `{train,val}.txt` (image and
+    label paths per line: the image's basename is the id)."""
+    parts = posixpath.join(root, "pascal_person_part")
+    lists_dir = posixpath.join(parts, "pascal_person_part_trainval_list")
+    if not _is_dir(fs, posixpath.join(parts, "pascal_person_part_gt")) or not _is_dir(fs, lists_dir):
+        raise LayoutError(f"{root}: expected pascal_person_part/pascal_person_part_gt and "
+                          "pascal_person_part/pascal_person_part_trainval_list (the PASCAL-Person-Part layout)")
+    if fs.get_file_info(posixpath.join(lists_dir, "train_id.txt")).is_file:
+        lists = _split_lists(fs, root, lists_dir, {"train": "train_id.txt", "val": "val_id.txt"}, splits)
+    else:
+        lists = _split_lists(fs, root, lists_dir, {"train": "train.txt", "val": "val.txt"}, splits,
+                             lambda line: posixpath.splitext(posixpath.basename(line.split()[0]))[0])
+    voc = posixpath.join(root, "VOCdevkit", "VOC2010")
+    return {s: [RawExample(i, s, posixpath.join(voc, "JPEGImages", f"{i}.jpg"),
+                           posixpath.join(parts, "pascal_person_part_gt", f"{i}.png"), "part_png") for i in ids]
+            for s, ids in lists.items()}
+
+
+def find_examples(fs, root: str, dataset: str, splits=None, log=None) -> dict[str, list[RawExample]]:
     if dataset not in DATASETS:
         raise LayoutError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if not _is_dir(fs, root):
         raise LayoutError(f"{root}: no such directory")
-    return (find_voc if dataset == "voc" else find_cityscapes)(fs, root, splits)
+    if dataset == "pascal_context":
+        return find_pascal_context(fs, root, splits, log)
+    return {"voc": find_voc, "cityscapes": find_cityscapes,
+            "pascal_person_part": find_pascal_person_part}[dataset](fs, root, splits)
 
 
 def _read(fs, path: str, what: str) -> bytes:
@@ -146,23 +236,35 @@ def load_label(fs, example: RawExample) -> np.ndarray:
     data = _read(fs, example.label, "label")
     try:
         if example.label_format == "sbd_mat":
-            try:
-                seg = loadmat(io.BytesIO(data))["GTcls"][0]["Segmentation"][0]
-            except Exception as e:
-                raise DecodeError(f"unreadable SBD .mat ({type(e).__name__}: {e})") from None
-            return np.asarray(seg, dtype=np.uint8)
+            return np.asarray(_mat_variable(data, "SBD", lambda m: m["GTcls"][0]["Segmentation"][0]), dtype=np.uint8)
+        if example.label_format == "context_mat":
+            label_map = np.asarray(_mat_variable(data, "PASCAL-Context", lambda m: m["LabelMap"]))
+            class_map = np.asarray(example.class_map, dtype=np.uint8)
+            if label_map.ndim != 2 or label_map.size and label_map.max() >= len(class_map):
+                raise DecodeError(f"LabelMap values up to {label_map.max()} outside labels.txt's 0..{len(class_map) - 1}")
+            return class_map[label_map]
         im = open_image(data)
-        if im.mode not in ("L", "P"):
+        if im.mode not in ("L", "P"):  # palette indices are the classes: never converted to colours
             raise DecodeError(f"label must be a palette or grey PNG, got mode {im.mode}")
         label = np.asarray(im)
     except DecodeError as e:
         raise BadExample(f"{example.label}: {e}") from None
     if example.label_format == "cityscapes_ids":
         return cityscapes_to_train_ids(label)
-    bad = np.setdiff1d(np.unique(label), np.r_[np.arange(VOC.num_classes), IGNORE_INDEX])
+    classes, what = {"part_png": (PASCAL_PERSON_PART.num_classes, "PASCAL-Person-Part"),
+                     "context_png": (len(CONTEXT_CLASSES), "PASCAL-Context")}.get(
+        example.label_format, (VOC.num_classes, "VOC"))
+    bad = np.setdiff1d(np.unique(label), np.r_[np.arange(classes), IGNORE_INDEX])
     if bad.size:
-        raise BadExample(f"{example.label}: label values {bad.tolist()[:5]} are not VOC class ids")
+        raise BadExample(f"{example.label}: label values {bad.tolist()[:5]} are not {what} class ids")
     return label
+
+
+def _mat_variable(data: bytes, what: str, pick):
+    try:
+        return pick(loadmat(io.BytesIO(data)))
+    except Exception as e:
+        raise DecodeError(f"unreadable {what} .mat ({type(e).__name__}: {e})") from None
 
 
 def example_rows(fs, example: RawExample, aug_copies: int = 0, seed: int = 0,

@@ -267,3 +267,105 @@ def write_cityscapes(root: str | os.PathLike, train: int, val: int, seed: int = 
             names.append(stem)
         out[split] = names
     return out
+
+
+def _split_scenes(seed: int, train: int, val: int, size, classes, scale_range=(0.15, 0.6)):
+    """(split, image id, image, class map) of deterministic scenes over `classes`."""
+    width, height = size
+    ids = {"train": voc_image_ids(train), "val": voc_image_ids(val, offset=train)}
+    for split, split_ids in ids.items():
+        for image_id in split_ids:
+            rng = np.random.default_rng([seed, int(image_id.split("_")[1])])
+            image, label, _ = render_scene(rng, height, width, object_classes=classes, scale_range=scale_range)
+            yield split, image_id, image, label
+
+
+def context_label_files(seed: int) -> tuple[str, str, dict[int, int]]:
+    """A `labels.txt` of 459 names (the 59 kept ones among 400 others, in a seeded order), the
+    `59_labels.txt` listing the kept ones in another order and with the release's other spellings,
+    and the map train id -> label id that the two imply."""
+    from .labels import CONTEXT_CLASSES
+
+    kept = list(CONTEXT_CLASSES[1:])
+    names = kept + [f"thing{k:03d}" for k in range(459 - len(kept))]
+    order = np.random.default_rng([seed, 459]).permutation(len(names))
+    labels = [names[i] for i in order]                      # label id k + 1 is labels[k]
+    label_id = {name: k + 1 for k, name in enumerate(labels)}
+    respelled = {v: k for k, v in {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"}.items()}
+    listed = sorted(kept, key=lambda n: -label_id[n])       # not the alphabetical order of CONTEXT_CLASSES
+    labels_txt = "".join(f"{k + 1}: {name}\n" for k, name in enumerate(labels))
+    kept_txt = "".join(f"{k + 1}: {respelled.get(name, name)}\n" for k, name in enumerate(listed))
+    return labels_txt, kept_txt, {CONTEXT_CLASSES.index(n): label_id[n] for n in kept}
+
+
+def write_pascal_context(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(500, 375),
+                         layout: str = "original", classes: int = 6) -> dict:
+    """PASCAL-Context beside a VOC2010 tree, in the original release's layout (`trainval/<id>.mat`
+    holding `LabelMap` with labels.txt's 459 ids, `labels.txt`, `59_labels.txt`, splits in
+    ImageSets/Main) or mmsegmentation's (`SegmentationClassContext/<id>.png` with the 60 train ids,
+    splits in ImageSets/SegmentationContext), or both. Scenes hold `classes` of the 59 kept classes
+    and objects of classes outside them (which must read as background)."""
+    from scipy.io import savemat
+
+    from .labels import PASCAL_CONTEXT
+
+    if layout not in ("original", "mmseg", "both"):
+        raise ValueError(f"layout must be original, mmseg or both, got {layout!r}")
+    root = Path(root)
+    voc = root / "VOCdevkit" / "VOC2010"
+    labels_txt, kept_txt, label_id = context_label_files(seed)
+    other = {100 + k: 400 + k for k in range(3)}           # scene class -> a label id outside the 59
+    to_label_id = np.zeros(256, np.uint16)
+    to_train_id = np.zeros(256, np.uint8)
+    for train_id in range(1, classes + 1):
+        to_label_id[train_id], to_train_id[train_id] = label_id[train_id], train_id
+    for key, lid in other.items():
+        to_label_id[key] = lid                              # train id stays 0: background
+    ids = {"train": [], "val": []}
+    for split, image_id, image, label in _split_scenes(seed, train, val, size, list(range(1, classes + 1)) + list(other)):
+        ids[split].append(image_id)
+        _write_bytes(voc / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(image))
+        if layout in ("original", "both"):
+            buf = io.BytesIO()
+            savemat(buf, {"LabelMap": to_label_id[label]}, do_compression=True)
+            _write_bytes(root / "trainval" / f"{image_id}.mat", buf.getvalue())
+        if layout in ("mmseg", "both"):
+            _write_bytes(voc / "SegmentationClassContext" / f"{image_id}.png",
+                         encode_png(to_train_id[label], PASCAL_CONTEXT.flat_palette()))
+    for split, split_ids in ids.items():
+        text = "".join(f"{i}\n" for i in split_ids).encode()
+        if layout in ("original", "both"):
+            _write_bytes(voc / "ImageSets" / "Main" / f"{split}.txt", text)
+        if layout in ("mmseg", "both"):
+            _write_bytes(voc / "ImageSets" / "SegmentationContext" / f"{split}.txt", text)
+    if layout in ("original", "both"):
+        _write_bytes(root / "labels.txt", labels_txt.encode())
+        _write_bytes(root / "59_labels.txt", kept_txt.encode())
+    return ids
+
+
+def write_pascal_person_part(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(500, 375),
+                             lists: str = "ids") -> dict:
+    """PASCAL-Person-Part beside a VOC2010 tree: part labels as palette PNGs (indices 0..6) in
+    `pascal_person_part/pascal_person_part_gt`, splits as bare ids (`{train,val}_id.txt`) or, with
+    `lists="paths"`, as the release's `{train,val}.txt` lines of image and label paths."""
+    from .labels import PASCAL_PERSON_PART
+
+    if lists not in ("ids", "paths"):
+        raise ValueError(f"lists must be ids or paths, got {lists!r}")
+    root = Path(root)
+    parts = root / "pascal_person_part"
+    ids = {"train": [], "val": []}
+    for split, image_id, image, label in _split_scenes(seed, train, val, size, range(1, PASCAL_PERSON_PART.num_classes)):
+        ids[split].append(image_id)
+        _write_bytes(root / "VOCdevkit" / "VOC2010" / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(image))
+        _write_bytes(parts / "pascal_person_part_gt" / f"{image_id}.png", encode_png(label, PASCAL_PERSON_PART.flat_palette()))
+    for split, split_ids in ids.items():
+        if lists == "ids":
+            text = "".join(f"{i}\n" for i in split_ids)
+            name = f"{split}_id.txt"
+        else:
+            text = "".join(f"/JPEGImages/{i}.jpg /SegmentationPart/{i}.png\n" for i in split_ids)
+            name = f"{split}.txt"
+        _write_bytes(parts / "pascal_person_part_trainval_list" / name, text.encode())
+    return ids
