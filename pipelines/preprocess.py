@@ -1,6 +1,9 @@
-"""Shard a raw PASCAL VOC 2012 (+SBD) or Cityscapes tree into Parquet with Ray tasks.
+"""Shard a raw PASCAL VOC 2012 (+SBD), Cityscapes, PASCAL-Context, PASCAL-Person-Part or MS-COCO
+tree into Parquet with Ray tasks.
 
     python pipelines/preprocess.py --dataset voc --root data/raw --out data/parquet [--aug-copies 2]
+    python pipelines/preprocess.py --dataset pascal_context --root data/raw/context --out data/parquet/context
+    python pipelines/preprocess.py --dataset coco --coco-labels voc --root data/raw/coco --out data/parquet/coco
 
 Writes OUT/<split>/part-XXXXX.parquet, OUT/manifest.json and OUT/errors.jsonl (DESIGN.md).
 Shards are staged under OUT/_staging-*/ and moved into place only when every task has succeeded;
@@ -19,7 +22,7 @@ import ray
 
 import deeplab_core
 from deeplab_core.data.labels import label_set
-from deeplab_core.data.layouts import DATASETS, find_examples, shard_table
+from deeplab_core.data.layouts import COCO_LABELS, DATASETS, find_examples, shard_table
 
 from pipelines import storage
 from pipelines.cli import Progress, emit_summary, init_ray, log, run
@@ -77,13 +80,13 @@ def commit(out: str, splits: dict[str, list[dict]], manifest: dict, errors: list
 
 
 def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int = 0, seed: int = 0,
-               shard_size: int = 32) -> dict:
+               shard_size: int = 32, coco_labels: str = "voc") -> dict:
     if aug_copies < 0 or shard_size < 1:
         raise ValueError("--aug-copies must be >= 0 and --shard-size >= 1")
     storage.check_writable(out)
     fs, root_path = storage.resolve(root)
     with storage.reading(root):
-        examples = find_examples(fs, root_path, dataset, splits, log)
+        examples = find_examples(fs, root_path, dataset, splits, log, coco_labels)
     staging = storage.join(out, f"{STAGING}{uuid.uuid4().hex[:12]}")
     jobs = []
     for split, items in examples.items():
@@ -120,7 +123,7 @@ def preprocess(dataset: str, root: str, out: str, splits=None, aug_copies: int =
         results[split].sort(key=lambda r: r["name"])
         for index, result in enumerate(results[split]):
             result["name"] = f"part-{index:05d}.parquet"
-    labels = label_set(dataset)
+    labels = label_set("coco_voc" if dataset == "coco" and coco_labels == "voc" else dataset)
     manifest = {**labels.to_dict(),
                 "splits": {s: {"rows": sum(r["rows"] for r in rs), "examples": sum(r["examples"] for r in rs),
                                "files": [f"{s}/{r['name']}" for r in rs]} for s, rs in results.items()},
@@ -137,21 +140,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, choices=DATASETS, help="layout of the raw tree")
     p.add_argument("--root", required=True,
                    help="raw tree, local dir or s3://bucket/prefix (VOC: the folder holding VOCdevkit/ and, "
-                        "optionally, SBD's benchmark_RELEASE/; Cityscapes: the folder holding leftImg8bit/ and gtFine/)")
+                        "optionally, SBD's benchmark_RELEASE/; Cityscapes: the folder holding leftImg8bit/ and gtFine/; "
+                        "PASCAL-Context / Person-Part: the folder holding VOCdevkit/VOC2010 and the labels; "
+                        "COCO: the folder holding annotations/ and the image folders)")
     p.add_argument("--out", required=True, help="output dataset, local dir or s3://bucket/prefix; replaced whole")
     p.add_argument("--splits", help="comma-separated splits (default: VOC train,val[,train_aug if SBD]; "
-                                    "Cityscapes train,val)")
+                                    "Cityscapes, PASCAL-Context, Person-Part train,val; COCO every "
+                                    "annotations/instances_<split>.json, e.g. train2017,val2017)")
     p.add_argument("--aug-copies", type=int, default=0,
                    help="random-rescale (0.5-1.5) + flip copies materialised per train image (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation copies (default 0)")
     p.add_argument("--shard-size", type=int, default=32, help="examples per Parquet shard / Ray task (default 32)")
+    p.add_argument("--coco-labels", default="voc", choices=COCO_LABELS,
+                   help="coco only: voc = the 20 VOC categories, the rest background (DeepLab's COCO "
+                        "pre-training, default); all = the 80 categories")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     summary = preprocess(args.dataset, args.root, args.out, args.splits.split(",") if args.splits else None,
-                         args.aug_copies, args.seed, args.shard_size)
+                         args.aug_copies, args.seed, args.shard_size, args.coco_labels)
     log(f"preprocess: wrote {args.out} ({summary['errors']} errors, see {ERRORS})")
     emit_summary(summary)
     return 0

@@ -52,7 +52,7 @@ def initial_miou(cfg, dataset: str) -> float:
     manifest = load_manifest(dataset)
     model = build_model(cfg.model.name, manifest["num_classes"], **cfg.model.options).eval()
     cm = ConfusionMatrix(manifest["num_classes"])
-    for row in read_rows(split_files(dataset, manifest, "val")):
+    for row in read_rows(split_files(dataset, manifest, cfg.data.val_split)):
         cm.update(predict_probabilities(model, decode_image(row["image"])).argmax(0), decode_label(row["label"]))
     return cm.miou()
 

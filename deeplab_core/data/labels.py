@@ -143,7 +143,33 @@ PERSON_PART_CLASSES = ("background", "head", "torso", "upper arms", "lower arms"
 PASCAL_PERSON_PART = LabelSet("pascal_person_part", PERSON_PART_CLASSES,
                               tuple(voc_palette(len(PERSON_PART_CLASSES))))
 
-LABEL_SETS = {ls.name: ls for ls in (VOC, CITYSCAPES, PASCAL_CONTEXT, PASCAL_PERSON_PART)}
+# MS-COCO instance categories (id, name): 80 of ids 1..90.
+COCO_CATEGORIES = (
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"),
+    (8, "truck"), (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"),
+    (14, "parking meter"), (15, "bench"), (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"),
+    (21, "cow"), (22, "elephant"), (23, "bear"), (24, "zebra"), (25, "giraffe"), (27, "backpack"),
+    (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"), (34, "frisbee"), (35, "skis"),
+    (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"), (40, "baseball glove"),
+    (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"),
+    (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"),
+    (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"),
+    (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"),
+    (67, "dining table"), (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"),
+    (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"),
+    (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy bear"),
+    (89, "hair drier"), (90, "toothbrush"))
+# The 20 COCO categories that are VOC classes, by COCO's name -> VOC's (the DeepLab COCO pre-training).
+COCO_TO_VOC = {"airplane": "aeroplane", "bicycle": "bicycle", "bird": "bird", "boat": "boat", "bottle": "bottle",
+               "bus": "bus", "car": "car", "cat": "cat", "chair": "chair", "cow": "cow",
+               "dining table": "diningtable", "dog": "dog", "horse": "horse", "motorcycle": "motorbike",
+               "person": "person", "potted plant": "pottedplant", "sheep": "sheep", "couch": "sofa",
+               "train": "train", "tv": "tvmonitor"}
+COCO_CLASSES = ("background",) + tuple(name for _, name in COCO_CATEGORIES)
+COCO = LabelSet("coco", COCO_CLASSES, tuple(voc_palette(len(COCO_CLASSES))))
+COCO_VOC = LabelSet("coco_voc", VOC_CLASSES, VOC.palette)  # COCO labelled with VOC's 21 classes
+
+LABEL_SETS = {ls.name: ls for ls in (VOC, CITYSCAPES, PASCAL_CONTEXT, PASCAL_PERSON_PART, COCO, COCO_VOC)}
 
 
 def label_set_of(spec: dict) -> LabelSet:

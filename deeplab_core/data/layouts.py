@@ -7,6 +7,7 @@ rows (train ids, the original image bytes, optional augmented copies) or raises 
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 import zlib
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ import pyarrow.fs as pafs
 from scipy.io import loadmat
 
 from .codec import DecodeError, encode_label, encode_png, open_image
-from .labels import CONTEXT_CLASSES, IGNORE_INDEX, PASCAL_PERSON_PART, VOC, cityscapes_to_train_ids
+from .labels import (COCO_CLASSES, COCO_TO_VOC, CONTEXT_CLASSES, IGNORE_INDEX, PASCAL_PERSON_PART, VOC,
+                     VOC_CLASSES, cityscapes_to_train_ids)
 from .transforms import random_scale_flip
 
-DATASETS = ("voc", "cityscapes", "pascal_context", "pascal_person_part")
+DATASETS = ("voc", "cityscapes", "pascal_context", "pascal_person_part", "coco")
+COCO_LABELS = ("voc", "all")  # the 20 VOC categories (the DeepLab recipe), or all 80
 # How 59_labels.txt spells some PASCAL-Context classes -> how labels.txt (and CONTEXT_CLASSES) spell them.
 CONTEXT_SPELLINGS = {"diningtable": "table", "bedcloth": "bedclothes", "clothes": "cloth"}
 
@@ -40,6 +43,7 @@ class RawExample:
     label: str
     label_format: str  # "index_png" (VOC), "sbd_mat", "cityscapes_ids", "context_mat", "context_png", "part_png"
     class_map: tuple[int, ...] | None = None  # context_mat: train id of each of the 459 labels (one shared tuple)
+    coco: str | None = None  # coco: JSON of the image's size, its annotations and {category id: train id}
 
 
 def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
@@ -208,13 +212,108 @@ def find_pascal_person_part(fs, root: str, splits=None) -> dict[str, list[RawExa
             for s, ids in lists.items()}
 
 
-def find_examples(fs, root: str, dataset: str, splits=None, log=None) -> dict[str, list[RawExample]]:
+def coco_classes(categories: list[dict], labels: str) -> dict[int, int]:
+    """COCO category id -> train id, by name: the 20 VOC classes (`voc`, others left out: they
+    read as background) or all 80 in COCO's order (`all`)."""
+    out = {}
+    for category in categories:
+        name = category["name"]
+        if labels == "voc":
+            if name in COCO_TO_VOC:
+                out[category["id"]] = VOC_CLASSES.index(COCO_TO_VOC[name])
+        elif name in COCO_CLASSES:
+            out[category["id"]] = COCO_CLASSES.index(name)
+        else:
+            raise LayoutError(f"COCO category {name!r} (id {category['id']}) is not one of the 80")
+    return out
+
+
+def find_coco(fs, root: str, splits=None, labels: str = "voc") -> dict[str, list[RawExample]]:
+    """MS-COCO 2014/2017 instances: `annotations/instances_<split>.json` (split = train2017, val2014,
+    ...) and the images in `<root>/<split>/`. Each example carries its own annotations."""
+    if labels not in COCO_LABELS:
+        raise LayoutError(f"unknown COCO label mode {labels!r}; valid: {', '.join(COCO_LABELS)}")
+    annotations = posixpath.join(root, "annotations")
+    files = {posixpath.basename(i.path)[len("instances_"):-len(".json")]: i.path
+             for i in (fs.get_file_info(pafs.FileSelector(annotations)) if _is_dir(fs, annotations) else [])
+             if posixpath.basename(i.path).startswith("instances_") and i.path.endswith(".json")}
+    if not files:
+        raise LayoutError(f"{root}: no annotations/instances_<split>.json (expected the MS-COCO layout)")
+    wanted = list(splits) if splits else sorted(files)
+    unknown = [s for s in wanted if s not in files]
+    if unknown:
+        raise LayoutError(f"{root}: split(s) {', '.join(unknown)} not found; available: {', '.join(sorted(files))}")
+    out = {}
+    for split in wanted:
+        try:
+            data = json.loads(_read(fs, files[split], "annotation"))
+        except ValueError as e:
+            raise LayoutError(f"{files[split]}: not COCO instances JSON ({e})") from None
+        classes = {str(k): v for k, v in coco_classes(data.get("categories", []), labels).items()}
+        by_image: dict[int, list] = {}
+        for ann in data.get("annotations", []):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        out[split] = [RawExample(
+            posixpath.splitext(image["file_name"])[0], split, posixpath.join(root, split, image["file_name"]),
+            files[split], f"coco_{labels}", coco=json.dumps({
+                "height": image["height"], "width": image["width"], "classes": classes,
+                "anns": [{k: a[k] for k in ("id", "category_id", "segmentation", "iscrowd", "area") if k in a}
+                         for a in by_image.get(image["id"], [])]}))
+            for image in sorted(data.get("images", []), key=lambda im: im["id"])]
+    return out
+
+
+def coco_label(example: RawExample) -> np.ndarray:
+    """Paint an image's instances: largest first, so smaller objects stay on top (ties by annotation
+    id: deterministic); categories without a train id stay background; crowd regions are 255 where
+    no object is. Masks come from pycocotools (polygons, RLE, uncompressed RLE)."""
+    from pycocotools import mask as mask_api
+
+    record = json.loads(example.coco)
+    h, w = record["height"], record["width"]
+    label = np.zeros((h, w), np.uint8)
+    crowd = np.zeros((h, w), bool)
+    for ann in sorted(record["anns"], key=lambda a: (-a.get("area", 0), a["id"])):
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list):
+            for polygon in segmentation:
+                xs, ys = np.asarray(polygon[0::2]), np.asarray(polygon[1::2])
+                if len(polygon) < 6 or len(polygon) % 2 or xs.min() < -1 or ys.min() < -1 or \
+                        xs.max() > w + 1 or ys.max() > h + 1:
+                    raise BadExample(f"{example.image}: annotation {ann['id']}: polygon outside the {w}x{h} image "
+                                     "or malformed")
+            rle = mask_api.merge(mask_api.frPyObjects(segmentation, h, w))
+        elif not isinstance(segmentation, dict):
+            raise BadExample(f"{example.image}: annotation {ann['id']}: segmentation is neither polygons nor RLE")
+        elif isinstance(segmentation.get("counts"), list):
+            rle = mask_api.frPyObjects(segmentation, h, w)
+        else:
+            rle = segmentation
+        try:
+            mask = mask_api.decode(rle).astype(bool)
+        except Exception as e:  # pycocotools' own error for a damaged RLE
+            raise BadExample(f"{example.image}: annotation {ann['id']}: unreadable mask ({type(e).__name__}: {e})") from None
+        if mask.shape != (h, w):
+            raise BadExample(f"{example.image}: annotation {ann['id']}: mask of {mask.shape[1]}x{mask.shape[0]}, "
+                             f"image is {w}x{h}")
+        if ann.get("iscrowd"):
+            crowd |= mask
+        elif str(ann["category_id"]) in record["classes"]:
+            label[mask] = record["classes"][str(ann["category_id"])]
+    label[crowd & (label == 0)] = IGNORE_INDEX
+    return label
+
+
+def find_examples(fs, root: str, dataset: str, splits=None, log=None, coco_labels: str = "voc"
+                  ) -> dict[str, list[RawExample]]:
     if dataset not in DATASETS:
         raise LayoutError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if not _is_dir(fs, root):
         raise LayoutError(f"{root}: no such directory")
     if dataset == "pascal_context":
         return find_pascal_context(fs, root, splits, log)
+    if dataset == "coco":
+        return find_coco(fs, root, splits, coco_labels)
     return {"voc": find_voc, "cityscapes": find_cityscapes,
             "pascal_person_part": find_pascal_person_part}[dataset](fs, root, splits)
 
@@ -233,6 +332,8 @@ def _read(fs, path: str, what: str) -> bytes:
 
 def load_label(fs, example: RawExample) -> np.ndarray:
     """Read the example's annotation as train ids (uint8, 255 = ignore)."""
+    if example.coco is not None:
+        return coco_label(example)
     data = _read(fs, example.label, "label")
     try:
         if example.label_format == "sbd_mat":

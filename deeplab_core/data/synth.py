@@ -8,6 +8,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,3 +370,70 @@ def write_pascal_person_part(root: str | os.PathLike, train: int, val: int, seed
             name = f"{split}.txt"
         _write_bytes(parts / "pascal_person_part_trainval_list" / name, text.encode())
     return ids
+
+
+# Categories in the synthetic COCO scenes: VOC ones and, to be read as background in `voc` mode, others.
+COCO_SCENE_CATEGORIES = (1, 3, 18, 62, 25, 28)  # person, car, dog, chair | giraffe, umbrella
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's crowd encoding: run lengths over the column-major pixels, starting with zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.r_[0, flat, 1 - flat[-1]])) if flat.size else np.array([0])
+    counts = np.diff(np.r_[0, edges]).tolist()
+    return {"counts": counts, "size": list(mask.shape)}
+
+
+def write_coco(root: str | os.PathLike, train: int, val: int, seed: int = 0, size=(320, 240), year: int = 2017,
+               crowd_every: int = 3) -> dict:
+    """MS-COCO instances in the release layout: `annotations/instances_{train,val}<year>.json` (all 80
+    categories listed) and `{train,val}<year>/<file name>` (2014 names carry the COCO_<split>_ prefix).
+    Each image holds 1-3 polygon objects of `COCO_SCENE_CATEGORIES` (colour by category, so it can
+    be learnt), larger ones first; every `crowd_every`-th image also a person crowd as uncompressed RLE."""
+    from PIL import ImageDraw
+
+    from .labels import COCO_CATEGORIES
+
+    root = Path(root)
+    width, height = size
+    categories = [{"id": i, "name": n, "supercategory": "thing"} for i, n in COCO_CATEGORIES]
+    layout, next_ann = {}, 1
+    for split, count, offset in (("train", train, 0), ("val", val, train)):
+        name = f"{split}{year}"
+        images, annotations = [], []
+        for k in range(count):
+            image_id = 1000 + offset + k
+            file_name = f"COCO_{name}_{image_id:012d}.jpg" if year == 2014 else f"{image_id:012d}.jpg"
+            rng = np.random.default_rng([seed, image_id])
+            canvas = Image.fromarray(np.clip(_background(rng, height, width), 0, 255).astype(np.uint8))
+            draw = ImageDraw.Draw(canvas)
+            objects = []
+            for _ in range(int(rng.integers(1, 4))):
+                category = int(rng.choice(COCO_SCENE_CATEGORIES))
+                radius = min(width, height) * rng.uniform(0.15, 0.4)
+                cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+                angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 9))))
+                xy = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1).round(2)
+                area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
+                objects.append((area, category, xy))
+            for area, category, xy in sorted(objects, key=lambda o: -o[0]):
+                draw.polygon([tuple(p) for p in xy], fill=tuple(int(v) for v in appearance(category).rgb))
+                x0, y0 = xy.min(0)
+                annotations.append({"id": next_ann, "image_id": image_id, "category_id": category, "iscrowd": 0,
+                                    "segmentation": [xy.ravel().tolist()], "area": float(area),
+                                    "bbox": [float(x0), float(y0), *map(float, xy.max(0) - xy.min(0))]})
+                next_ann += 1
+            if crowd_every and k % crowd_every == crowd_every - 1:
+                crowd = np.zeros((height, width), np.uint8)
+                crowd[: height // 5, : width // 3] = 1
+                annotations.append({"id": next_ann, "image_id": image_id, "category_id": 1, "iscrowd": 1,
+                                    "segmentation": _uncompressed_rle(crowd), "area": float(crowd.sum()),
+                                    "bbox": [0.0, 0.0, float(width // 3), float(height // 5)]})
+                next_ann += 1
+            _write_bytes(root / name / file_name, encode_jpeg(np.asarray(canvas)))
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        data = {"info": {"description": "synthetic COCO"}, "images": images, "annotations": annotations,
+                "categories": categories}
+        _write_bytes(root / "annotations" / f"instances_{name}.json", json.dumps(data).encode())
+        layout[name] = [im["file_name"] for im in images]
+    return layout
