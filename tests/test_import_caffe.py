@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from deeplab_core.checkpoint import load_model
 from deeplab_core.inference import coarse_scores
-from pipelines.cli import run
+from pipelines import cli
 from pipelines.import_caffe import import_caffe, main
 from pipelines.model_uri import download_model
 
@@ -138,6 +139,15 @@ def caffe_forward(net: list[dict], bgr_minus_mean: np.ndarray) -> torch.Tensor:
     return sum(conv(x, f"fc1_voc12_c{i}") for i in range(4))
 
 
+@pytest.fixture
+def run(monkeypatch):
+    """`pipelines.cli.run` in this process: it points sys.stdout at stderr for the CLI's lifetime,
+    which is the process's; here both are put back after the test."""
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(cli, "_stdout", None)
+    return cli.run
+
+
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     net = released_net(np.random.default_rng(0), 21)
@@ -191,7 +201,7 @@ def test_a_head_of_another_class_count_needs_allow_missing(released, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a caffemodel", "missing"])
-def test_a_damaged_file_is_one_error_line(released, tmp_path, capsys, damage):
+def test_a_damaged_file_is_one_error_line(released, tmp_path, capsys, run, damage):
     _, path = released
     bad = tmp_path / "bad.caffemodel"
     if damage == "truncated":
@@ -243,7 +253,7 @@ def vgg_largefov_net(rng: np.random.Generator, num_classes: int) -> list[dict]:
     return net
 
 
-def test_a_released_vgg16_largefov_imports_registers_and_predicts_as_caffe(tmp_path, monkeypatch, capsys):
+def test_a_released_vgg16_largefov_imports_registers_and_predicts_as_caffe(tmp_path, monkeypatch, capsys, run):
     net = vgg_largefov_net(np.random.default_rng(3), 21)
     path = tmp_path / "train_iter_6000.caffemodel"
     path.write_bytes(encode(net))
