@@ -15,6 +15,7 @@ from scipy.io import loadmat
 from deeplab_core.data.codec import decode_label
 from deeplab_core.data.labels import CONTEXT_CLASSES, PERSON_PART_CLASSES
 from deeplab_core.data.synth import write_pascal_context, write_pascal_person_part
+from deeplab_core.metrics import ConfusionMatrix
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.preprocess import preprocess
 from tests.test_train import initial_miou, tiny_config
@@ -128,3 +129,27 @@ def test_two_workers_learn_each_dataset(ray_local, tmp_path, dataset):
                       "train.eval_interval=40", f"tracking.run_name={dataset}")
     summary = train(cfg)
     assert summary["val_miou"] > initial_miou(cfg, str(tmp_path / "pq")) + 0.05, summary
+
+
+@pytest.mark.parametrize("dataset", ["pascal_context", "pascal_person_part"])
+def test_evaluate_scores_png_predictions_against_the_raw_tree(tmp_path, capsys, tracking, dataset):
+    from pipelines import evaluate
+
+    root, pred = tmp_path / "raw", tmp_path / "pred"
+    if dataset == "pascal_context":
+        ids = write_pascal_context(root, train=2, val=4, seed=3, size=SIZE, classes=3)
+        truth = {i: context_by_name(root, i) for i in ids["val"]}
+    else:
+        ids = write_pascal_person_part(root, train=2, val=4, seed=3, size=SIZE)
+        truth = {i: np.asarray(Image.open(root / "pascal_person_part" / "pascal_person_part_gt" / f"{i}.png"))
+                 for i in ids["val"]}
+    pred.mkdir()
+    num_classes = len(CONTEXT_CLASSES) if dataset == "pascal_context" else len(PERSON_PART_CLASSES)
+    expected = ConfusionMatrix(num_classes)
+    for image_id, label in truth.items():  # the ground truth, one image shifted by a class
+        guess = (label + 1) % 3 if image_id == ids["val"][0] else label
+        Image.fromarray(guess.astype(np.uint8)).save(pred / f"{image_id}.png")
+        expected.update(guess, label)
+    assert evaluate.main(["--dataset", dataset, "--gt-root", str(root), "--split", "val", "--pred", str(pred)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 4 and summary["miou"] == pytest.approx(expected.miou()) and expected.miou() < 1, summary
