@@ -166,9 +166,11 @@ def start_mlflow(port: int, workdir: Path, s3_url: str, log: Path) -> tuple[subp
 
 
 def _ray_start(args: list[str], cpus: int, log: Path, env: dict) -> subprocess.Popen:
-    # --block: this process owns the node's daemons, so stopping its PID stops the node.
+    # --block: this process owns the node's daemons, so stopping its PID stops the node. Each node's
+    # dashboard agent gets its own port: Ray's fixed default (52365) makes the nodes of one machine
+    # race for it, and a head that loses has no job agent ("No available agent to submit job").
     return _spawn([str(BIN / "ray"), "start", *args, "--node-ip-address", LOOPBACK, "--num-cpus", str(cpus),
-                   "--disable-usage-stats", "--block"], log,
+                   "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", "--block"], log,
                   # Job entrypoints run `python`: the one of this environment, on every node.
                   env={**env, "RAY_ADDRESS": "", "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
 
