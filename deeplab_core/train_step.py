@@ -6,8 +6,8 @@ On a GPU the paper's step (ResNet-101 at batch 10, 321²) is launch-bound: the h
 more slowly than the GPU runs them. What removes host work without changing the arithmetic:
 a fused optimizer (one kernel per parameter group, and no host sync under the fp16 loss scaler),
 no host read of the loss per step (the caller reads a window of losses at once), channels_last
-convolutions, and `torch.compile` with CUDA graphs (`reduce-overhead`), which replays the whole
-forward and backward with one launch.
+convolutions, and, opt-in, `torch.compile` with CUDA graphs (`reduce-overhead`), which replays the
+whole forward and backward with one launch.
 """
 from __future__ import annotations
 
@@ -61,9 +61,10 @@ def preferred_memory_format(device: torch.device) -> torch.memory_format:
 
 
 def compile_mode(mode: str, device: torch.device) -> str:
-    """`train.compile` on this device. auto: reduce-overhead on a GPU (measured on an H200: 2.3× the
-    eager bf16 step of ResNet-101 ASPP-L at batch 10), none on the CPU (compiling takes minutes there
-    and the compiled step was slower)."""
+    """`train.compile` on this device. auto: reduce-overhead on a GPU (measured on an H200: 2.3-2.5×
+    the eager bf16 step of ResNet-101 ASPP-L at batch 10, but its losses did not match the eager
+    step's there, hence not the default), none on the CPU (compiling takes minutes there and the
+    compiled step was slower)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
     if mode == "auto":
