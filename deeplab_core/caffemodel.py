@@ -168,13 +168,10 @@ def _layer(buf: memoryview, v1: bool) -> CaffeLayer:
     return layer
 
 
-def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
-    """The layers of a `.caffemodel` (NetParameter: `layer` = 100, or the old `layers` = 2), in
-    file order. Raises CaffeModelError naming the file when it is not one or is damaged."""
-    try:
-        data = memoryview(open(path, "rb").read())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: caffemodel not found") from None
+def parse_caffemodel(content: bytes, path: str | os.PathLike) -> list[CaffeLayer]:
+    """The layers of a `.caffemodel`'s bytes (NetParameter: `layer` = 100, or the old `layers` = 2),
+    in file order. Raises CaffeModelError naming `path` when it is not one or is damaged."""
+    data = memoryview(content)
     try:
         layers = [_layer(value, number == 2) for number, wire, value in fields(data)
                   if number in (2, 100) and wire == LENGTH]

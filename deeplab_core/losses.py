@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.labels import IGNORE_INDEX
+from .models.segmentation import unwrap
 
 
 def segmentation_loss(outputs, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
@@ -21,18 +22,11 @@ def segmentation_loss(outputs, target: torch.Tensor, ignore_index: int = IGNORE_
     return sum(F.cross_entropy(o, target, ignore_index=ignore_index, reduction="sum") for o in outputs) / normalizer
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    """Unwrap DDP and MSC to the SegmentationModel."""
-    while hasattr(model, "module") or hasattr(model, "scales"):
-        model = getattr(model, "module", None) or model.model
-    return model
-
-
 def param_groups(model: nn.Module, base_lr: float, classifier_lr_mult: float = 10.0,
                  weight_decay: float = 5e-4) -> list[dict]:
     """Backbone at the base LR, the classifier (everything after the backbone, which starts from
     random weights) at `classifier_lr_mult`× (10× in DeepLab). Frozen parameters are left out."""
-    inner = _inner(model)
+    inner = unwrap(model)
     head = {id(p) for p in inner.classifier.parameters()}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
     classifier = [p for p in model.parameters() if p.requires_grad and id(p) in head]

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from deeplab_core.caffe_weights import caffe_state, check_pooling
-from deeplab_core.caffemodel import CaffeModelError, read_caffemodel
+from deeplab_core.caffemodel import CaffeModelError, parse_caffemodel
 from deeplab_core.checkpoint import MODEL_FILE, SPEC_FILE, save_model
 from deeplab_core.data.labels import LABEL_SETS, label_set
 from deeplab_core.data.transforms import CAFFE
@@ -58,7 +58,11 @@ def import_caffe(caffemodel: str, model_name: str, num_classes: int, out: str, d
     options = caffe_options(model_name)
     model = build_model(model_name, num_classes, **options).eval()
     log(f"import_caffe: reading {caffemodel}")
-    layers = read_caffemodel(caffemodel)
+    try:
+        content = Path(caffemodel).read_bytes()  # read once: parsed and hashed
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{caffemodel}: caffemodel not found") from None
+    layers = parse_caffemodel(content, caffemodel)
     check_pooling(layers, model)
     placed = caffe_state(layers, model)
     if placed.unplaced:
@@ -70,7 +74,7 @@ def import_caffe(caffemodel: str, model_name: str, num_classes: int, out: str, d
         raise CaffeModelError(f"{caffemodel}: {len(placed.missing)} tensor(s) of {model_name} not in the file: "
                               f"{_listed(placed.missing)}{hint}")
     model.load_state_dict(placed.state, strict=False)
-    digest = hashlib.sha256(Path(caffemodel).read_bytes()).hexdigest()
+    digest = hashlib.sha256(content).hexdigest()
     spec = {"name": model_name, "num_classes": num_classes, "options": options, "msc_scales": None,
             **labels.to_dict(), "input_normalization": dataclasses.asdict(CAFFE),
             "source": {"caffemodel": os.path.basename(caffemodel), "sha256": digest,

@@ -126,8 +126,9 @@ def train_loop(loop_config: dict) -> None:
     # Frozen BN's statistics never change: DDP need not broadcast them before every forward.
     net = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": buffers_change(model)})
     model = compile_model(net, cfg.train.compile, device)  # evaluation runs `net`: its image sizes vary
-    if rank == 0 and compile_mode(cfg.train.compile, device) != "none":
-        log(f"train: train.compile={compile_mode(cfg.train.compile, device)}: the first steps compile (a minute or two)")
+    mode = compile_mode(cfg.train.compile, device)
+    if rank == 0 and mode != "none":
+        log(f"train: train.compile={mode}: the first steps compile (a minute or two)")
     optimizer = optimizer_for(cfg, net, device)
     scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, cfg.train.iterations, cfg.train.poly_power,
                              cfg.train.step_size)
