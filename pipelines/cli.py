@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 
@@ -86,24 +87,54 @@ class Progress:
         log(f"{self.name}: {done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f} {self.unit}/s {extra}".rstrip())
 
 
+def recorded_cluster() -> str | None:
+    """The cluster that `ray start` recorded on this machine (the head of `ray up`, where `ray submit`,
+    `ray exec` and `ray attach` run scripts; any node of it) when something still answers at its
+    address; None when there is no record or the cluster is gone (a stale record is never joined)."""
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return recorded
+    except (OSError, ValueError):
+        log(f"ray: ignoring Ray's record of a cluster at {recorded}: nothing answers there")
+        return None
+
+
 def init_ray(min_cpus: float = 0, log_to_driver: bool = True) -> None:
-    """Join the cluster at RAY_ADDRESS, or start a local instance. Locally, Ray's logical CPUs are at
-    least `min_cpus` so that training workers and Ray Data tasks can both be scheduled on a small
-    machine (logical CPUs are accounting, not cores). The one way every CLI, benchmark and test
-    starts Ray."""
+    """Join a cluster or start a local instance, saying which in one line: the cluster named by
+    RAY_ADDRESS (`ray job submit` sets it; `local` forces a local instance), else the live cluster
+    recorded on this machine, else a local instance. Locally, Ray's logical CPUs are at least
+    `min_cpus` so that training workers and Ray Data tasks can both be scheduled on a small machine
+    (logical CPUs are accounting, not cores). The one way every CLI, benchmark and test starts Ray."""
     import ray
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=log_to_driver)
-    else:
-        # The dashboard stays on: Ray Train V2 watches its runs through the State API it serves.
-        # address="local": never join whatever cluster a `ray start` once recorded in Ray's temp dir
-        # (it may be long gone); clusters are joined through RAY_ADDRESS (set by `ray job submit`, or
-        # "auto").
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))),
-                 log_to_driver=log_to_driver)
+    named = os.environ.get("RAY_ADDRESS") or None
+    address, why = (named, "RAY_ADDRESS") if named else (recorded_cluster(), "recorded on this machine")
+    if address and address != "local":
+        context = ray.init(address=address, log_to_driver=log_to_driver)
+        log(f"ray: joined the cluster at {context.address_info['gcs_address']} ({why}), "
+            f"{len(machines())} machine(s), {ray.cluster_resources().get('CPU', 0):g} CPUs")
+        return
+    # The dashboard stays on: Ray Train V2 watches its runs through the State API it serves.
+    cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
+    ray.init(address="local", num_cpus=cpus, log_to_driver=log_to_driver)
+    log(f"ray: started a local instance with {cpus} logical CPUs "
+        f"({'RAY_ADDRESS=local' if named else 'no RAY_ADDRESS, no live cluster recorded on this machine'})")
+
+
+def machines() -> set[str]:
+    """The addresses of the machines the cluster's live nodes run on (several raylets of one machine
+    share one)."""
+    import ray
+
+    return {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
 
 
 def fit_actors(wanted: int, reserved: float, name: str) -> int:

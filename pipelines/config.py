@@ -91,6 +91,9 @@ class RayConfig:
     placement_strategy: str = field(default="PACK", metadata=choices("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     max_failures: int = 1
     storage_path: str = "runs"          # checkpoints, local or s3://
+    # local paths (data.uri, storage_path) are one file system that every machine mounts at the same
+    # place (NFS); otherwise a cluster on several machines needs s3:// for them
+    shared_filesystem: bool = False
     keep_checkpoints: int = 2
 
 

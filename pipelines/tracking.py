@@ -30,6 +30,12 @@ def tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def is_local_store(uri: str) -> bool:
+    """A store in this machine's files (sqlite, a directory), which other machines cannot reach."""
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    return scheme in ("", "file") or scheme.startswith("sqlite")
+
+
 def setup(experiment: str, uri: str | None = None) -> str:
     """Point MLflow at the tracking store and return the experiment id (created when missing)."""
     uri = tracking_uri(uri)

@@ -32,7 +32,7 @@ from ray.train.torch import TorchTrainer
 from deeplab_core.checkpoint import load_model, matching_state, read_spec, read_state
 from deeplab_core.models import model_options
 from pipelines import storage, tracking
-from pipelines.cli import emit_summary, init_ray, log, output, run
+from pipelines.cli import emit_summary, init_ray, log, machines, output, run
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
 from pipelines.model_uri import download_model
@@ -49,6 +49,26 @@ def check_model(cfg: ExperimentConfig) -> None:
     if bad:
         raise ValueError(f"model.options: {', '.join(bad)} not valid for {cfg.model.name}; valid: "
                          f"{', '.join(sorted(valid))} (weights: model.init_weights; MSC: model.msc)")
+
+
+def check_shared_storage(cfg: ExperimentConfig, machine_count: int) -> None:
+    """On a cluster whose nodes are on several machines, refuse what only one of them can see, before
+    any worker starts: workers on any machine read the data and write checkpoints, and rank 0 logs to
+    MLflow from wherever it runs. (Several raylets on one machine share its files.)"""
+    if machine_count < 2:
+        return
+    where = f"the cluster's nodes are on {machine_count} machines"
+    if not cfg.ray.shared_filesystem:
+        for key, uri in (("data.uri", cfg.data.uri), ("ray.storage_path", cfg.ray.storage_path)):
+            if not storage.is_s3(uri):
+                raise ValueError(f"{key}={uri} is a local path, but {where}, which cannot share it: use "
+                                 f"s3://BUCKET/PREFIX (or ray.shared_filesystem=true when every machine "
+                                 f"mounts it at the same place)")
+    uri = tracking.tracking_uri(cfg.tracking.uri)
+    if tracking.is_local_store(uri):
+        raise ValueError(f"MLflow tracking URI {uri} (tracking.uri or MLFLOW_TRACKING_URI) is a local store, "
+                         f"but {where} and rank 0 logs from its own: use a tracking server, e.g. "
+                         f"MLFLOW_TRACKING_URI=http://HOST:5000")
 
 
 def warm_start(cfg: ExperimentConfig, spec: dict, run_id: str) -> dict | None:
@@ -131,10 +151,11 @@ def train(cfg: ExperimentConfig) -> dict:
     manifest = load_manifest(cfg.data.uri)
     train_files = split_files(cfg.data.uri, manifest, cfg.data.train_split)
     val_files = split_files(cfg.data.uri, manifest, cfg.data.val_split)
+    init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
+    check_shared_storage(cfg, len(machines()))
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = start_run(cfg, run_name, manifest)
     init_state = warm_start(cfg, model_spec(cfg, manifest), run_id)
-    init_ray(min_cpus=cfg.ray.num_workers * cfg.ray.cpus_per_worker + 1)
 
     samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.iter_size * cfg.ray.num_workers
     rows = manifest["splits"][cfg.data.train_split]["rows"]

@@ -29,6 +29,7 @@ def check_train_command(argv: list[str]) -> None:
     args = train.parse_args(argv)
     cfg = load_config(args.config, args.set)
     assert cfg.ray.use_gpu and cfg.ray.num_workers >= 2
+    assert cfg.data.uri.startswith("s3://") and cfg.ray.storage_path.startswith("s3://")  # shared by every node
 
 
 def check_segment_command(argv: list[str]) -> None:
@@ -53,13 +54,32 @@ def test_ray_cluster_yaml_passes_rays_own_validation():
 
 
 def test_ray_cluster_yaml_documents_commands_that_parse():
-    text = (ROOT / "ray_cluster.yaml").read_text()
-    comment = " ".join(line.lstrip("# ").rstrip("\\") for line in text.splitlines() if line.startswith("#"))
+    comment = comment_text(ROOT / "ray_cluster.yaml")
     assert "ray up ray_cluster.yaml" in comment
     submit = shlex.split(comment.split("ray submit ray_cluster.yaml pipelines/train.py", 1)[1].split("ray dashboard")[0])
     check_train_command(submit)
     job = shlex.split(comment.split("python -m pipelines.segment", 1)[1].split("ray down")[0])
     check_segment_command(job)
+
+
+def comment_text(path: Path) -> str:
+    return " ".join(line.lstrip("# ").rstrip("\\") for line in path.read_text().splitlines() if line.startswith("#"))
+
+
+def test_onprem_cluster_yaml_passes_rays_own_validation_and_documents_commands_that_parse():
+    path = ROOT / "infra" / "ray_cluster_onprem.yaml"
+    config = prepare_config(yaml.safe_load(path.read_text()))
+    validate_config(config)
+    assert config["provider"]["type"] == "local" and config["provider"]["head_ip"] and config["provider"]["worker_ips"]
+    assert config["file_mounts"]["~/deeplab-ray"] == "." and ".gitignore" in config["rsync_filter"]
+    assert config["setup_commands"][0] == "make -C ~/deeplab-ray setup"
+    assert "MLFLOW_TRACKING_URI=http" in config["setup_commands"][1]  # a server every node reaches
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    comment = comment_text(path)
+    assert "ray up infra/ray_cluster_onprem.yaml" in comment and "ray down infra/ray_cluster_onprem.yaml" in comment
+    check_train_command(shlex.split(comment.split("ray submit infra/ray_cluster_onprem.yaml pipelines/train.py", 1)[1]
+                                    .split("ray exec")[0]))
+    check_segment_command(shlex.split(comment.split("'python -m pipelines.segment", 1)[1].split("'")[0]))
 
 
 def test_kuberay_cluster_has_a_cpu_head_and_an_autoscaled_gpu_group():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pipelines.config import load_config
 from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.preprocess import preprocess
 from pipelines.cli import user_error
-from pipelines.train import train
+from pipelines.train import check_shared_storage, train
 from pipelines.training import NonFiniteLoss
 from tests.conftest import BackgroundTraining
 
@@ -148,6 +149,31 @@ def test_bad_config_is_one_line_before_any_worker(overrides, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Started a local Ray instance" not in result.stderr
+
+
+def test_a_cluster_on_several_machines_refuses_paths_only_one_machine_has(tmp_path, monkeypatch):
+    """Nodes on two machines: local data, checkpoints or a sqlite store are refused (one line naming
+    the key and what to use); several raylets of one machine, s3:// with a tracking server, and local
+    paths on a shared file system (not sqlite) are accepted."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shared = ["data.uri=s3://data/voc", "ray.storage_path=s3://runs/deeplab", "tracking.uri=http://mlflow:5000"]
+    cases = [
+        (["ray.storage_path=/tmp/runs", *shared[::2]], "ray.storage_path=/tmp/runs is a local path, but the "
+         "cluster's nodes are on 2 machines, which cannot share it: use s3://BUCKET/PREFIX"),
+        ([f"data.uri={tmp_path}", *shared[1:]], f"data.uri={tmp_path} is a local path"),
+        (shared[:2] + ["tracking.uri=sqlite:////tmp/mlflow.db"], "MLflow tracking URI sqlite:////tmp/mlflow.db "
+         "(tracking.uri or MLFLOW_TRACKING_URI) is a local store, but the cluster's nodes are on 2 machines"),
+        (["ray.shared_filesystem=true", f"data.uri={tmp_path}", "ray.storage_path=/nfs/runs",
+          "tracking.uri=file:///nfs/mlruns"], "tracking URI file:///nfs/mlruns"),
+    ]
+    for overrides, message in cases:
+        cfg = load_config(str(TINY), overrides)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_shared_storage(cfg, 2)
+        check_shared_storage(cfg, 1)  # one machine, however many raylets
+    check_shared_storage(load_config(str(TINY), shared), 2)
+    check_shared_storage(load_config(str(TINY), ["ray.shared_filesystem=true", f"data.uri={tmp_path}",
+                                                 "ray.storage_path=/nfs/runs", "tracking.uri=http://mlflow:5000"]), 2)
 
 
 def test_empty_training_split_is_refused(dataset, tmp_path):
