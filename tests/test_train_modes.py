@@ -1,5 +1,6 @@
-"""Every `train.precision` and `train.compile` mode trains the tiny CPU preset's model as the plain
-fp32 eager step does: same loss curve for the compiled modes, same mIoU band for all.
+"""Every `train.precision` and `train.compile` mode trains as the plain fp32 eager step does: each
+precision's loss curve (the tiny CPU preset's model) lands in the fp32 band; each compiled step
+computes the eager loss curve (VGG-16 LargeFOV, whose graph compiles quickly).
 
 Dropout is off in these runs: compiled code draws its dropout masks from another generator than
 eager code, and the loss curves could not be compared step by step."""
@@ -21,11 +22,17 @@ from pipelines.config import ConfigError, load_config
 from pipelines.training import optimizer_for
 
 CLASSES = 3          # background + 2 object classes: learnable in a few dozen steps on 2 cores
-STEPS, BATCH, SIZE = 60, 8, 48
+# What a mode must show holds at this size (measured: fp32 eager 1.09 -> 0.28 mean loss over 20 steps;
+# fp16/bf16 end within 6% of it; compiled = eager to 1e-7): fp16 is emulated on CPUs (its convolution
+# backward took 117 s for the 60 steps at 48² and batch 8 this module used to run), compilation is paid per model.
+STEPS, BATCH, SIZE = 20, 4, 32
+# The compile modes on the paper's VGG-16 LargeFOV: a short graph (compiling it takes a third of the
+# time of the tiny preset's MobileNetV3 + v3+ decoder) that learns from scratch at this learning rate.
+COMPILED = ["model.name=deeplabv2_vgg16_largefov", "model.options={}", "train.base_lr=2e-4"]
 
 
-def scenes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [render_scene(np.random.default_rng([seed, i]), SIZE, SIZE, range(1, CLASSES), max_objects=2,
+def scenes(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [render_scene(np.random.default_rng([seed, i]), size, size, range(1, CLASSES), max_objects=2,
                           scale_range=(0.35, 0.8))[:2] for i in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([void_borders(p[1], 1) for p in pairs])
 
@@ -35,10 +42,11 @@ def data():
     return scenes(STEPS * BATCH // 4, 1), scenes(8, 2)
 
 
-def train_tiny(data, precision: str, compile_mode: str) -> tuple[list[float], float]:
-    """The tiny preset's model and optimizer (configs/synthetic_tiny.yaml), trained in-process for
-    STEPS steps; returns the loss of every step and the val mIoU."""
-    cfg = load_config("configs/synthetic_tiny.yaml", ["data.uri=in-memory"])
+def train_tiny(data, precision: str, compile_mode: str, overrides=(), steps: int = STEPS,
+               batch: int = BATCH) -> tuple[list[float], float]:
+    """The tiny preset's model and optimizer (configs/synthetic_tiny.yaml, with `overrides`), trained
+    in-process for `steps` steps; returns the loss of every step and the val mIoU."""
+    cfg = load_config("configs/synthetic_tiny.yaml", ["data.uri=in-memory", *overrides])
     (images, labels), (val_images, val_labels) = data
     device = torch.device("cpu")
     torch.manual_seed(0)
@@ -47,15 +55,15 @@ def train_tiny(data, precision: str, compile_mode: str) -> tuple[list[float], fl
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             m.p = 0.0
     optimizer = optimizer_for(cfg, model, device)
-    scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, STEPS, cfg.train.poly_power)
+    scheduler = lr_scheduler(optimizer, cfg.train.lr_policy, steps, cfg.train.poly_power)
     dtype = autocast_dtype(precision, device)
     net, scaler = compile_model(model, compile_mode, device), grad_scaler(dtype, device)
     model.train()
     losses = []
-    for step in range(STEPS):
-        k = (step * BATCH) % len(images)
-        batch = {"image": torch.from_numpy(images[k:k + BATCH]), "label": torch.from_numpy(labels[k:k + BATCH])}
-        losses.append(train_step(net, optimizer, scaler, batch, device, dtype))
+    for step in range(steps):
+        k = (step * batch) % len(images)
+        batch_ = {"image": torch.from_numpy(images[k:k + batch]), "label": torch.from_numpy(labels[k:k + batch])}
+        losses.append(train_step(net, optimizer, scaler, batch_, device, dtype))
         scheduler.step()
     model.eval()
     cm = ConfusionMatrix(CLASSES)
@@ -69,32 +77,44 @@ def eager_fp32(data):
     return train_tiny(data, "fp32", "none")
 
 
-def in_band(miou: float, reference: float) -> bool:
-    """Short runs are noisy (measured: fp32 0.45, fp16 0.63 on the same data and seed), so the band is
-    wide; a mode that broke training would sit near the model after one step (measured: 0.02)."""
-    return miou > 0.35 and abs(miou - reference) < 0.25
+def learns(losses: list[float]) -> bool:
+    return all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
-def test_the_plain_step_learns(eager_fp32):
-    losses, miou = eager_fp32
-    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]) and miou > 0.35, (losses, miou)
+def in_band(losses: list[float], reference: list[float], width: float) -> bool:
+    """The curve ends where the reference's does: mean of the last 5 steps within `width`."""
+    return abs(np.mean(losses[-5:]) / np.mean(reference[-5:]) - 1) < width
+
+
+def test_the_plain_step_learns():
+    """60 steps at 48² (the mIoU needs them: 0.23, background only, after 40): the val mIoU leaves the
+    model's after one step (measured: 0.02) well behind."""
+    longer = scenes(120, 1, size=48), scenes(8, 2, size=48)
+    losses, miou = train_tiny(longer, "fp32", "none", steps=60, batch=8)
+    assert learns(losses) and miou > 0.35, (losses, miou)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_every_precision_reaches_the_fp32_band(data, eager_fp32, precision):
-    losses, miou = train_tiny(data, precision, "none")
-    assert all(np.isfinite(losses)) and in_band(miou, eager_fp32[1]), (miou, eager_fp32[1])
+def test_every_precision_lands_in_the_fp32_band(data, eager_fp32, precision):
+    losses, _ = train_tiny(data, precision, "none")
+    assert learns(eager_fp32[0]) and learns(losses), losses
+    assert in_band(losses, eager_fp32[0], 0.25), (losses, eager_fp32[0])
+
+
+@pytest.fixture(scope="module")
+def eager_vgg(data):
+    return train_tiny(data, "fp32", "none", COMPILED)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
-def test_every_compile_mode_keeps_the_loss_curve(data, eager_fp32, compile_mode):
-    losses, miou = train_tiny(data, "fp32", compile_mode)
+def test_every_compile_mode_keeps_the_loss_curve(data, eager_vgg, compile_mode):
+    losses, _ = train_tiny(data, "fp32", compile_mode, COMPILED)
     # Same weights, same data: the compiled step computes what eager does. After a few Adam steps
-    # rounding differences grow (measured: 1e-5 at step 2, 1e-3 at step 4), so later steps get a band.
-    np.testing.assert_allclose(losses[:3], eager_fp32[0][:3], rtol=1e-3)
-    assert abs(np.mean(losses[-10:]) / np.mean(eager_fp32[0][-10:]) - 1) < 0.2, (losses, eager_fp32[0])
-    assert in_band(miou, eager_fp32[1]), (miou, eager_fp32[1])
+    # rounding differences can grow, so later steps get a band.
+    np.testing.assert_allclose(losses[:3], eager_vgg[0][:3], rtol=1e-3)
+    assert np.mean(eager_vgg[0][-5:]) < 0.8 * np.mean(eager_vgg[0][:5]), eager_vgg[0]  # it learns
+    assert in_band(losses, eager_vgg[0], 0.2), (losses, eager_vgg[0])
 
 
 def test_compile_auto_is_cuda_graphs_on_gpus_and_eager_on_cpus():
