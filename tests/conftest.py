@@ -3,6 +3,7 @@ Ray instance), started with the same functions as the local stack (infra/local_s
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -86,6 +87,26 @@ def mlflow_server(s3_endpoint, s3_client, tmp_path_factory):
         yield url
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def run(monkeypatch):
+    """A CLI as `python -m pipelines.X` runs it, in this process (no interpreter start, no imports):
+    `run(main, argv)` returns the exit code, argparse's included. `pipelines.cli.run` points
+    sys.stdout at stderr for the CLI's lifetime, which is the process's; here both are put back after
+    the test."""
+    from pipelines import cli
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(cli, "_stdout", None)
+
+    def run_cli(main, argv: list[str]) -> int:
+        try:
+            return cli.run(main, argv)
+        except SystemExit as e:  # argparse's refusals
+            return e.code
+
+    return run_cli
 
 
 @pytest.fixture()

@@ -222,12 +222,11 @@ def test_compare_against_mlflow_server(capsys, mlflow_server, monkeypatch):
     check_table(capsys, "ablation-server")
 
 
-def test_evaluate_bad_arguments(tmp_path):
+def test_evaluate_bad_arguments(run, capsys, tmp_path):
     for argv, words in ((["--model", "m"], "missing --data"), ([], "give either"),
                         (["--model", str(tmp_path), "--data", str(tmp_path)], "not a saved model")):
-        proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", *argv], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1], proc.stderr
+        code, err = run(evaluate.main, argv), capsys.readouterr().err
+        assert code == 2 and words in err.strip().splitlines()[-1], err
 
 
 def test_cityscapes_predictions_in_ignored_ids_match_the_official_evaluation(tmp_path, capsys, tracking):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch.nn.functional as F
 
 from deeplab_core.checkpoint import load_model
 from deeplab_core.inference import coarse_scores
-from pipelines import cli
 from pipelines.import_caffe import import_caffe, main
 from pipelines.model_uri import download_model
 
@@ -137,15 +135,6 @@ def caffe_forward(net: list[dict], bgr_minus_mean: np.ndarray) -> torch.Tensor:
             y = torch.relu(bn_scale(conv(y, f"{name}_branch2b"), f"{tag}_branch2b"))
             x = torch.relu(shortcut + bn_scale(conv(y, f"{name}_branch2c"), f"{tag}_branch2c"))
     return sum(conv(x, f"fc1_voc12_c{i}") for i in range(4))
-
-
-@pytest.fixture
-def run(monkeypatch):
-    """`pipelines.cli.run` in this process: it points sys.stdout at stderr for the CLI's lifetime,
-    which is the process's; here both are put back after the test."""
-    monkeypatch.setattr(sys, "stdout", sys.stdout)
-    monkeypatch.setattr(cli, "_stdout", None)
-    return cli.run
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -25,6 +22,7 @@ from pipelines.datasets import load_manifest, read_rows, split_files
 from pipelines.preprocess import preprocess
 from pipelines.cli import user_error
 from pipelines.train import check_shared_storage, train
+from pipelines.train import main as train_main
 from pipelines.training import NonFiniteLoss
 from tests.conftest import BackgroundTraining
 
@@ -140,15 +138,12 @@ def test_restarting_a_finished_run_name_resumes_its_mlflow_run(dataset, tmp_path
     (["model.options={width_mult: 0.5, bn: frozen}"], "model.options.bn=frozen needs pretrained weights"),
     (["train.precision=fp8"], "train.precision: 'fp8' is not valid; valid: auto, fp32, fp16, bf16"),
 ])
-def test_bad_config_is_one_line_before_any_worker(overrides, message, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipelines.train", "--config", str(TINY),
-                             *[a for o in overrides for a in ("--set", o)]],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert "Started a local Ray instance" not in result.stderr
+def test_bad_config_is_one_line_before_any_worker(run, capsys, overrides, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = run(train_main, ["--config", str(TINY), *[a for o in overrides for a in ("--set", o)]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not list(tmp_path.iterdir())  # refused before Ray, MLflow or any output
 
 
 def test_a_cluster_on_several_machines_refuses_paths_only_one_machine_has(tmp_path, monkeypatch):
