@@ -3,9 +3,11 @@
     python pipelines/segment.py --model models:/deeplab-voc/3 --input s3://bucket/images/2026-11-24 \\
         --output s3://bucket/masks/2026-11-24
 
-Walks --input recursively, and for every new or changed image writes --output/masks/<path>.png
+Walks --input recursively (JPEG, PNG, HEIC/HEIF, AVIF, WebP, TIFF, BMP, GIF), decodes each image as a
+viewer shows it (EXIF orientation applied, 16-bit and CMYK mapped, transparency over white: see
+deeplab_core/data/photos.py), and for every new or changed image writes --output/masks/<path>.png
 (palette PNG of train ids), optionally overlays/<path>.jpg, and a summary/part-*.parquet row
-(source, mask URI, size, per-class pixel counts, model, CRF params, per-stage ms, status, error).
+(source, EXIF orientation, mask URI, size, per-class pixel counts, model, CRF params, per-stage ms, status, error).
 Inputs already processed (same size and modification time, recorded in --output/_manifest/) are
 skipped; --force redoes everything. Unreadable files get an error row; the rest goes on.
 
@@ -37,7 +39,7 @@ from pipelines.segmentation import (UNAVAILABLE, LabelStage, ModelStage, commit,
                                     read_and_decode, write_outputs)
 
 EXPERIMENT = "batch-segmentation"
-EXTENSIONS = ".jpg,.jpeg,.png,.bmp,.tif,.tiff,.webp"
+EXTENSIONS = ".jpg,.jpeg,.png,.bmp,.gif,.tif,.tiff,.webp,.heic,.heif,.avif"
 
 
 def crf_params(args, parser) -> dict | None:
@@ -187,7 +189,9 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
     ray.data.DataContext.get_current().enable_progress_bars = False  # our Progress lines say it once
     masks_on_gpu = gpus and (crf is None or backend == "torch")
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
-    ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels}, batch_size=4, num_cpus=0.5)
+    ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels,
+                                                 "orient": not args.keep_sensor_orientation},
+                        batch_size=4, num_cpus=0.5)
     ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
         "model_dir": model_dir, "scales": tuple(args.tta_scales), "flip": args.tta_flip, "amp": not args.no_amp,
         "threads": args.model_cpus, "masks": masks_on_gpu, "crf": crf if masks_on_gpu else None,
@@ -236,6 +240,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--output", required=True, help="folder or s3:// prefix for masks/, overlays/, summary/, _manifest/")
     p.add_argument("--extensions", default=EXTENSIONS, help=f"image file extensions (default {EXTENSIONS})")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (default %(default)s)")
+    p.add_argument("--keep-sensor-orientation", action="store_true",
+                   help="segment the pixels in their stored order, ignoring the EXIF orientation (by default "
+                        "images, masks and overlays are as a viewer shows them)")
     p.add_argument("--force", action="store_true", help="redo every image, not only new or changed ones")
     p.add_argument("--overlays", action="store_true", help="also write colour overlays/<path>.jpg")
     p.add_argument("--cityscapes-label-ids", action="store_true",

@@ -33,8 +33,9 @@ import torch
 
 from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import CRFParams
-from deeplab_core.data.codec import DecodeError, decode_image, encode_jpeg, encode_png
+from deeplab_core.data.codec import DecodeError, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
+from deeplab_core.data.photos import decode_photo
 from deeplab_core.inference import coarse_scores, label_map, label_maps_on_device
 from pipelines import storage
 
@@ -60,20 +61,25 @@ def _ms(start: float) -> float:
     return 1000.0 * (time.perf_counter() - start)
 
 
-def read_and_decode(batch: dict, max_pixels: int) -> dict:
-    """Ray Data task: read each source's bytes and decode them to H×W×3 uint8."""
+def read_and_decode(batch: dict, max_pixels: int, orient: bool = True) -> dict:
+    """Ray Data task: read each source's bytes and decode them to H×W×3 uint8 as a viewer shows them
+    (`deeplab_core.data.photos`; `orient=False`: in sensor order). Records the EXIF orientation found
+    (0: not decoded) and the frame count."""
     n = len(batch["source"])
     images, status, errors, decode_ms = [EMPTY_IMAGE] * n, ["ok"] * n, [""] * n, [0.0] * n
+    orientation, frames = [0] * n, [0] * n
     for i, source in enumerate(batch["source"]):
         start = time.perf_counter()
         try:
-            images[i] = decode_image(storage.read_bytes(source), max_pixels)
+            photo = decode_photo(storage.read_bytes(source), max_pixels, orient)
+            images[i], orientation[i], frames[i] = photo.pixels, photo.orientation, photo.frames
         except storage.StorageUnavailable as e:
             status[i], errors[i] = UNAVAILABLE, str(e)
         except (DecodeError, storage.StorageError) as e:
             status[i], errors[i] = "error", str(e)
         decode_ms[i] = _ms(start)
-    return {**batch, "image": images, "status": status, "error": errors, "decode_ms": decode_ms}
+    return {**batch, "image": images, "status": status, "error": errors, "decode_ms": decode_ms,
+            "orientation": orientation, "frames": frames}
 
 
 class ModelStage:
@@ -180,7 +186,7 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
         rows["class_pixels"].append(np.bincount(mask.ravel(), minlength=labels.num_classes).astype(np.int64)
                                     if uri else np.zeros(labels.num_classes, np.int64))
         rows["write_ms"].append(_ms(start))
-    keep = ("source", "relative", "version", "decode_ms", "model_ms", "crf_ms")
+    keep = ("source", "relative", "version", "orientation", "frames", "decode_ms", "model_ms", "crf_ms")
     return {**{k: batch[k] for k in keep}, **rows, "status": status, "error": errors,
             "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n,
             "crf_backend": [crf_backend if crf else ""] * n}

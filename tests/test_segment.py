@@ -171,6 +171,28 @@ def test_keys_that_leave_the_prefix_are_refused(ray_local, capsys, s3_client, mo
     assert len(errors) == 2 and all("points outside the input prefix" in e for e in errors)
 
 
+def test_exif_rotated_photos_are_segmented_as_shown(ray_local, capsys, tmp_path, model_dir, images, tracking):
+    """A photo stored sideways with EXIF orientation 6 gets the mask of the upright photo, in the
+    displayed size; the summary records the orientation; --keep-sensor-orientation keeps the stored order."""
+    shown = decode_image(next(images.glob("day1/*.jpg")).read_bytes())  # 120 rows × 160 columns
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    Image.fromarray(shown).save(bucket / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown = stored turned 90° clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(shown, 1))).save(bucket / "turned.png", exif=exif)
+    for flags, out in (([], tmp_path / "shown"), (["--keep-sensor-orientation"], tmp_path / "sensor")):
+        code, summary = run_segment(capsys, "--model", str(model_dir), "--input", str(bucket), "--output", str(out),
+                                    "--no-crf", *flags)
+        assert code == 0 and summary["images"] == 2
+    masks = {p.parent.parent.name + "/" + p.stem: np.array(Image.open(p)) for p in tmp_path.glob("*/masks/*.png")}
+    assert masks["shown/turned"].shape == shown.shape[:2] and masks["sensor/turned"].shape == shown.shape[1::-1]
+    np.testing.assert_array_equal(masks["shown/turned"], masks["shown/upright"])
+    rows = {r["relative"]: r for r in summary_rows(tmp_path / "shown")}
+    assert (rows["turned.png"]["orientation"], rows["upright.png"]["orientation"]) == (6, 1)
+    assert rows["turned.png"]["frames"] == 1 and (rows["turned.png"]["height"], rows["turned.png"]["width"]) == (120, 160)
+
+
 def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
     mlflow.set_experiment(experiment_id=tracking_setup("segment-models"))
     with mlflow.start_run() as run:
