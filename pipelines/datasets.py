@@ -35,6 +35,12 @@ def split_files(uri: str, manifest: dict, split: str) -> list[str]:
     return [storage.join(uri, f) for f in splits[split]["files"]]
 
 
+def median_long_side(files: list[str]) -> int:
+    """The median long side of a split's images (its `height` and `width` columns only): the scale a
+    model trained on it sees objects at, recorded in model.json for inference (`segment --scale auto`)."""
+    return int(np.median([max(row["height"], row["width"]) for row in read_rows(files, ("height", "width"))]))
+
+
 def read_rows(files: list[str], columns=("image_id", "image", "label"), limit: int | None = None) -> list[dict]:
     rows: list[dict] = []
     for uri in files:

@@ -25,7 +25,7 @@ from pathlib import Path
 from deeplab_core.caffe_weights import caffe_state, check_pooling
 from deeplab_core.caffemodel import CaffeModelError, parse_caffemodel
 from deeplab_core.checkpoint import MODEL_FILE, SPEC_FILE, save_model
-from deeplab_core.data.labels import LABEL_SETS, label_set
+from deeplab_core.data.labels import LABEL_SETS, TYPICAL_LONG_SIDE, label_set
 from deeplab_core.data.transforms import CAFFE
 from deeplab_core.models import MODELS, build_model
 from pipelines.cli import emit_summary, log, run
@@ -77,6 +77,7 @@ def import_caffe(caffemodel: str, model_name: str, num_classes: int, out: str, d
     digest = hashlib.sha256(content).hexdigest()
     spec = {"name": model_name, "num_classes": num_classes, "options": options, "msc_scales": None,
             **labels.to_dict(), "input_normalization": dataclasses.asdict(CAFFE),
+            "trained_long_side": TYPICAL_LONG_SIDE.get(dataset),
             "source": {"caffemodel": os.path.basename(caffemodel), "sha256": digest,
                        "classifier_fresh": sorted({k.rsplit(".", 1)[0] for k in placed.missing})}}
     parent = os.path.dirname(os.path.abspath(out))

@@ -36,7 +36,8 @@ from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import DecodeError, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
 from deeplab_core.data.photos import decode_photo
-from deeplab_core.inference import coarse_scores, label_map, label_maps_on_device
+from deeplab_core.inference import (bounded_size, coarse_scores, inference_size, label_map,
+                                    label_maps_on_device)
 from pipelines import storage
 
 MANIFEST_DIR = "_manifest"
@@ -89,12 +90,15 @@ class ModelStage:
     over the group, argmax): the GPU path, where no CPU CRF pool is needed."""
 
     def __init__(self, model_dir: str, scales=(1.0,), flip: bool = False, amp: bool = True, threads: int = 1,
-                 masks: bool = False, crf: dict | None = None, keep_image: bool = True):
+                 masks: bool = False, crf: dict | None = None, keep_image: bool = True, scale: str | int = "native",
+                 crf_max_pixels: int | None = None):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
-        self.model, _ = load_model(model_dir, map_location=self.device)
+        self.model, spec = load_model(model_dir, map_location=self.device)
         self.model.to(self.device)
+        self.scale, self.trained_long_side = scale, spec.get("trained_long_side")
+        self.crf_max_pixels = crf_max_pixels
         self.scales, self.flip, self.amp = tuple(scales), flip, amp and self.device.type == "cuda"
         self.masks, self.keep_image = masks, keep_image
         self.crf = CRFParams(**crf) if crf is not None else None
@@ -102,31 +106,33 @@ class ModelStage:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
         coarse, masks, model_ms, crf_ms = [EMPTY_SCORES] * n, [EMPTY_MASK] * n, [0.0] * n, [0.0] * n
-        status, errors = list(batch["status"]), list(batch["error"])
+        status, errors, scale = list(batch["status"]), list(batch["error"]), [0.0] * n
         groups: dict[tuple, list[int]] = {}
         for i in range(n):
             if status[i] == "ok":
                 groups.setdefault(batch["image"][i].shape, []).append(i)
         for rows in groups.values():
             images = np.stack([batch["image"][i] for i in rows])
+            size = inference_size(*images.shape[1:3], self.scale, self.trained_long_side)
             start = time.perf_counter()
             try:
-                scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp)
+                scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp, size)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed, start = _ms(start) / len(rows), time.perf_counter()
-                out = label_maps_on_device(images, scores, self.crf) if self.masks else scores.cpu().numpy()
+                out = (label_maps_on_device(images, scores, self.crf, self.crf_max_pixels) if self.masks
+                       else scores.cpu().numpy())
             except (RuntimeError, ValueError) as e:  # e.g. out of memory on one huge image
                 for i in rows:
                     status[i], errors[i] = "error", f"model: {str(e).splitlines()[0][:300]}"
                 continue
             for k, i in enumerate(rows):
-                model_ms[i] = elapsed
+                model_ms[i], scale[i] = elapsed, max(size) / max(images.shape[1:3])
                 if self.masks:
                     masks[i], crf_ms[i] = out[k], _ms(start) / len(rows)
                 else:
                     coarse[i] = out[k]
-        common = {"model_ms": model_ms, "status": status, "error": errors}
+        common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale}
         if self.masks:
             kept = {k: v for k, v in batch.items() if self.keep_image or k != "image"}
             return {**kept, **common, "mask": masks, "crf_ms": crf_ms}
@@ -136,10 +142,11 @@ class ModelStage:
 class LabelStage:
     """Actor (CPU): coarse scores -> mask, through the dense CRF (`crf_backend`) unless `crf` is None."""
 
-    def __init__(self, crf: dict | None, keep_image: bool, crf_backend: str = "pydensecrf"):
+    def __init__(self, crf: dict | None, keep_image: bool, crf_backend: str = "pydensecrf",
+                 crf_max_pixels: int | None = None):
         torch.set_num_threads(1)
         self.crf = CRFParams(**crf) if crf is not None else None
-        self.keep_image, self.crf_backend = keep_image, crf_backend
+        self.keep_image, self.crf_backend, self.crf_max_pixels = keep_image, crf_backend, crf_max_pixels
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
@@ -150,7 +157,8 @@ class LabelStage:
                 continue
             start = time.perf_counter()
             try:
-                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf, self.crf_backend)
+                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf, self.crf_backend,
+                                     self.crf_max_pixels)
             except ValueError as e:
                 status[i], errors[i] = "error", f"crf: {e}"
             crf_ms[i] = _ms(start)
@@ -159,13 +167,13 @@ class LabelStage:
 
 
 def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlays: bool,
-                  model_uri: str, crf: dict | None, crf_backend: str = "") -> dict:
+                  model_uri: str, crf: dict | None, crf_backend: str = "", crf_max_pixels: int | None = None) -> dict:
     """Ray Data task: write each mask (and overlay) atomically; return the summary rows."""
     labels = label_set_of(spec)
     palette = labels.flat_palette()
     n = len(batch["source"])
     status, errors = list(batch["status"]), list(batch["error"])
-    rows = {k: [] for k in ("mask_uri", "height", "width", "class_pixels", "write_ms")}
+    rows = {k: [] for k in ("mask_uri", "height", "width", "crf_scale", "class_pixels", "write_ms")}
     for i in range(n):
         start = time.perf_counter()
         mask, uri = batch["mask"][i], ""
@@ -183,10 +191,12 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
         rows["mask_uri"].append(uri)
         rows["height"].append(int(mask.shape[0]) if mask.ndim == 2 else 0)
         rows["width"].append(int(mask.shape[1]) if mask.ndim == 2 else 0)
+        crf_size = bounded_size(mask.shape, crf_max_pixels) if crf and mask.ndim == 2 and mask.size else (0, 0)
+        rows["crf_scale"].append(crf_size[0] / mask.shape[0] if crf_size[0] else 0.0)
         rows["class_pixels"].append(np.bincount(mask.ravel(), minlength=labels.num_classes).astype(np.int64)
                                     if uri else np.zeros(labels.num_classes, np.int64))
         rows["write_ms"].append(_ms(start))
-    keep = ("source", "relative", "version", "orientation", "frames", "decode_ms", "model_ms", "crf_ms")
+    keep = ("source", "relative", "version", "orientation", "frames", "scale", "decode_ms", "model_ms", "crf_ms")
     return {**{k: batch[k] for k in keep}, **rows, "status": status, "error": errors,
             "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n,
             "crf_backend": [crf_backend if crf else ""] * n}

@@ -34,7 +34,7 @@ from deeplab_core.models import model_options
 from pipelines import storage, tracking
 from pipelines.cli import emit_summary, init_ray, log, machines, output, run
 from pipelines.config import ExperimentConfig, load_config
-from pipelines.datasets import load_manifest, read_rows, split_files, train_dataset
+from pipelines.datasets import load_manifest, median_long_side, read_rows, split_files, train_dataset
 from pipelines.model_uri import download_model
 from pipelines.reports import confusion_plot, overlay_images
 from pipelines.training import (CONFUSION_FILE, DIVERGED_FILE, NonFiniteLoss, initial_model, model_spec,
@@ -155,7 +155,8 @@ def train(cfg: ExperimentConfig) -> dict:
     check_shared_storage(cfg, len(machines()))
     run_name = cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = start_run(cfg, run_name, manifest)
-    init_state = warm_start(cfg, model_spec(cfg, manifest), run_id)
+    spec = model_spec(cfg, manifest, median_long_side(train_files))
+    init_state = warm_start(cfg, spec, run_id)
 
     samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.iter_size * cfg.ray.num_workers
     rows = manifest["splits"][cfg.data.train_split]["rows"]
@@ -170,7 +171,7 @@ def train(cfg: ExperimentConfig) -> dict:
     storage.delete(diverged_uri)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "spec": model_spec(cfg, manifest), "run_id": run_id,
+        train_loop_config={"config": cfg.to_dict(), "spec": spec, "run_id": run_id,
                            "val_files": val_files, "tracking_uri": mlflow.get_tracking_uri(),
                            "diverged_uri": diverged_uri,
                            # the matching tensors, once through the object store: workers on any node

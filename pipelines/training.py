@@ -41,11 +41,12 @@ DIVERGED_FILE = "diverged.json"
 CONFUSION_FILE = "confusion.npy"
 
 
-def model_spec(cfg: ExperimentConfig, manifest: dict) -> dict:
-    """What `deeplab_core.checkpoint.load_model` needs to rebuild the model, plus the label set."""
+def model_spec(cfg: ExperimentConfig, manifest: dict, trained_long_side: int | None = None) -> dict:
+    """What `deeplab_core.checkpoint.load_model` needs to rebuild the model, plus the label set and
+    the scale of the training images (`datasets.median_long_side`), at which inference runs."""
     return {"name": cfg.model.name, "num_classes": manifest["num_classes"], "options": dict(cfg.model.options),
             "msc_scales": list(cfg.model.msc_scales) if cfg.model.msc else None, "dataset": manifest["dataset"],
-            "classes": manifest["classes"], "palette": manifest["palette"]}
+            "classes": manifest["classes"], "palette": manifest["palette"], "trained_long_side": trained_long_side}
 
 
 def initial_model(cfg: ExperimentConfig, spec: dict, init_state: dict | None = None) -> torch.nn.Module:

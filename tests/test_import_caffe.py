@@ -153,6 +153,7 @@ def test_a_released_resnet101_imports_and_predicts_as_caffe(released, tmp_path):
     model, spec = load_model(out)
     assert spec["options"] == {"style": "caffe", "bn": "frozen", "output_stride": 8}
     assert spec["input_normalization"]["bgr"] and spec["input_normalization"]["mean"] == list(MEAN_BGR)
+    assert spec["trained_long_side"] == 500  # VOC's scale, from --dataset
 
     # The released geometry: stride on branch2a, every res4 block at rate 2, res5 at 4, no biases.
     body = model.backbone

@@ -1,5 +1,6 @@
-"""Photos decoded as people see them (deeplab_core/data/photos.py), each from a file built here and
-checked pixel by pixel against what it must show."""
+"""Real photo buckets: photos decoded as people see them (deeplab_core/data/photos.py), each from a
+file built here and checked pixel by pixel against what it must show; the network run at the model's
+training scale and the CRF at a bounded resolution (deeplab_core/inference.py)."""
 from __future__ import annotations
 
 import io
@@ -160,3 +161,47 @@ def test_heic_and_avif_decode(fmt):
     photo = decode_photo(saved(Image.fromarray(shown), fmt, quality=90))
     assert photo.pixels.shape == (48, 64, 3)
     assert np.abs(photo.pixels.astype(int) - shown).mean() < 6
+
+
+# --- the scale the network sees, and the CRF's bounded resolution (deeplab_core.inference) ---------
+
+def test_inference_size_follows_the_models_training_scale():
+    from deeplab_core.inference import SCALE_TOLERANCE, inference_size
+
+    assert inference_size(3000, 4000, "auto", 500) == (375, 500)           # a phone photo, VOC model
+    assert inference_size(375, 500, "auto", 500) == (375, 500)             # VOC-sized: as is
+    assert inference_size(600, int(500 * SCALE_TOLERANCE), "auto", 500) == (600, 625)  # within tolerance
+    assert inference_size(3000, 4000, "auto", None) == (3000, 4000)        # no recorded scale: native
+    assert inference_size(3000, 4000, "native", 500) == (3000, 4000)
+    assert inference_size(1000, 500, 250, 500) == (250, 125)               # long side N, down or up
+    assert inference_size(100, 50, 400, None) == (400, 200)
+
+
+def test_the_crf_size_is_bounded_in_pixels_with_the_aspect_kept():
+    from deeplab_core.inference import bounded_size
+
+    h, w = bounded_size((3000, 4000), 500_000)
+    assert h * w <= 500_000 and h * w > 0.99 * 500_000 and abs(w / h - 4 / 3) < 0.01
+    assert bounded_size((375, 500), 500_000) == (375, 500) and bounded_size((3000, 4000), None) == (3000, 4000)
+
+
+def test_scaled_scores_are_the_forward_of_the_resized_image_and_masks_keep_the_image_size():
+    import torch
+
+    from deeplab_core.crf import CRFParams
+    from deeplab_core.inference import coarse_scores, label_map, resize_images
+    from deeplab_core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus_mobilenetv3", 4, width_mult=0.5).eval()
+    image = np.random.default_rng(0).integers(0, 256, (1, 90, 120, 3), dtype=np.uint8)
+    scores = coarse_scores(model, image, size=(45, 60))
+    small = resize_images(torch.from_numpy(image).permute(0, 3, 1, 2), (45, 60)).permute(0, 2, 3, 1).numpy()
+    assert small.shape == (1, 45, 60, 3) and small.dtype == np.uint8
+    torch.testing.assert_close(scores, coarse_scores(model, small))
+    coarse = scores[0].numpy() * 20  # confident enough for the CRF to keep most labels
+    full = label_map(image[0], coarse, CRFParams())
+    assert full.shape == (90, 120)
+    np.testing.assert_array_equal(label_map(image[0], coarse, CRFParams(), crf_max_pixels=90 * 120), full)
+    bounded = label_map(image[0], coarse, CRFParams(), crf_max_pixels=45 * 60)
+    assert bounded.shape == (90, 120) and (bounded == full).mean() > 0.8

@@ -193,6 +193,27 @@ def test_exif_rotated_photos_are_segmented_as_shown(ray_local, capsys, tmp_path,
     assert rows["turned.png"]["frames"] == 1 and (rows["turned.png"]["height"], rows["turned.png"]["width"]) == (120, 160)
 
 
+def test_images_larger_than_the_training_scale_are_shrunk_for_the_network_only(ray_local, capsys, tmp_path,
+                                                                                model_dir, images, tracking):
+    """A model trained on 80-pixel images: `--scale auto` runs the 160×120 photos at half size,
+    `native` and `N` as asked, the CRF on at most --crf-max-pixels; every mask has the photo's size."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    spec = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**spec, "trained_long_side": 80}))
+    found = {}
+    for flags in (["--scale", "auto"], ["--scale", "native"], ["--scale", "40", "--crf-max-pixels", "4800"]):
+        out = tmp_path / flags[1]
+        code, summary = run_segment(capsys, "--model", str(model), "--input", str(images / "day1"), "--output",
+                                    str(out), *flags)
+        assert code == 0 and summary["images"] == 4
+        rows = summary_rows(out)
+        assert all((r["height"], r["width"]) == (120, 160) for r in rows)
+        assert all(Image.open(p).size == (160, 120) for p in out.glob("masks/*.png"))
+        found[flags[1]] = ({r["scale"] for r in rows}, {r["crf_scale"] for r in rows})
+    assert found == {"auto": ({0.5}, {1.0}), "native": ({1.0}, {1.0}), "40": ({0.25}, {0.5})}
+
+
 def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
     mlflow.set_experiment(experiment_id=tracking_setup("segment-models"))
     with mlflow.start_run() as run:
@@ -220,7 +241,9 @@ def test_bad_arguments_exit_2_with_one_line(run, capsys, tmp_path, model_dir, im
              (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--crf-backend",
                "cuda"], "invalid choice: 'cuda' (choose from 'auto', 'pydensecrf', 'torch')"),
              (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"),
-               "--cityscapes-label-ids"], "not cityscapes")]
+               "--cityscapes-label-ids"], "not cityscapes"),
+             (["--model", str(model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--scale", "huge"],
+              "'huge': use auto, native or a long side in pixels")]
     for argv, words in cases:
         code, err = run(segment.main, argv), capsys.readouterr().err
         assert code == 2 and words in err.strip().splitlines()[-1], err

@@ -82,6 +82,7 @@ def test_two_workers_learn_and_mlflow_holds_the_run(dataset, tmp_path):
     assert len(MlflowClient(uri).list_artifacts(summary["run_id"], "overlays")) == 2
     model, spec = load_model(summary["checkpoint"])
     assert spec["name"] == cfg.model.name and spec["num_classes"] == 21
+    assert spec["trained_long_side"] == 64  # the 64×48 training images: `segment --scale auto` runs there
     assert summary["model_uri"] == f"runs:/{summary['run_id']}/deeplab_model"
 
 

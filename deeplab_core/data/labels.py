@@ -172,6 +172,12 @@ COCO_VOC = LabelSet("coco_voc", VOC_CLASSES, VOC.palette)  # COCO labelled with 
 LABEL_SETS = {ls.name: ls for ls in (VOC, CITYSCAPES, PASCAL_CONTEXT, PASCAL_PERSON_PART, COCO, COCO_VOC)}
 
 
+# The median long side of each dataset's images (VOC and its relatives ~500×375, Cityscapes 2048×1024,
+# COCO ≤640): the scale of a model trained on one, for a model.json that cannot measure it (an import).
+TYPICAL_LONG_SIDE = {"voc": 500, "cityscapes": 2048, "pascal_context": 500, "pascal_person_part": 500,
+                     "coco": 640, "coco_voc": 640}
+
+
 def label_set_of(spec: dict) -> LabelSet:
     """The label set a saved model or dataset manifest describes (its own classes and palette)."""
     return LabelSet(spec["dataset"], tuple(spec["classes"]), tuple(tuple(c) for c in spec["palette"]),
