@@ -60,6 +60,31 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else out.to(images.dtype)
 
 
+OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+
+
+def halving_on_oom(run, items: list):
+    """Yield `(items, run(items))`; when `run` runs out of memory, free the GPU's cache and retry each
+    half, down to single items; a single item that still does not fit yields `(items, None)`. So one
+    image too large for the card costs that image, not its whole batch, and the next batch runs at
+    full size again."""
+    try:
+        result, failed = run(items), False
+    except OUT_OF_MEMORY:  # left before retrying: the error's frames hold the tensors that filled memory
+        result, failed = None, True
+    if not failed:
+        yield items, result
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if len(items) == 1:
+        yield items, None
+        return
+    half = len(items) // 2
+    yield from halving_on_oom(run, items[:half])
+    yield from halving_on_oom(run, items[half:])
+
+
 def _coarse(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # MSC and other wrappers have no coarse grid of their own: their output is at input size.
     return model.coarse_logits(x) if hasattr(model, "coarse_logits") else model(x)

@@ -36,8 +36,8 @@ from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import DecodeError, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
 from deeplab_core.data.photos import decode_photo
-from deeplab_core.inference import (bounded_size, coarse_scores, inference_size, label_map,
-                                    label_maps_on_device)
+from deeplab_core.inference import (OUT_OF_MEMORY, bounded_size, coarse_scores, halving_on_oom, inference_size,
+                                    label_map, label_maps_on_device)
 from pipelines import storage
 
 MANIFEST_DIR = "_manifest"
@@ -103,6 +103,26 @@ class ModelStage:
         self.masks, self.keep_image = masks, keep_image
         self.crf = CRFParams(**crf) if crf is not None else None
 
+    def _forward(self, batch: dict, rows: list[int]):
+        """The rows (images of one size) through the network, and the masks when made here: (out,
+        model ms and CRF ms per image, scale), or the error line of a bad input. Out of memory propagates:
+        `halving_on_oom` retries smaller groups."""
+        images = np.stack([batch["image"][i] for i in rows])
+        size = inference_size(*images.shape[1:3], self.scale, self.trained_long_side)
+        start = time.perf_counter()
+        try:
+            scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp, size)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            model_ms, start = _ms(start) / len(rows), time.perf_counter()
+            out = (label_maps_on_device(images, scores, self.crf, self.crf_max_pixels) if self.masks
+                   else scores.cpu().numpy())
+        except OUT_OF_MEMORY:
+            raise
+        except (RuntimeError, ValueError) as e:
+            return f"model: {str(e).splitlines()[0][:300]}"
+        return out, model_ms, _ms(start) / len(rows), max(size) / max(images.shape[1:3])
+
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
         coarse, masks, model_ms, crf_ms = [EMPTY_SCORES] * n, [EMPTY_MASK] * n, [0.0] * n, [0.0] * n
@@ -111,27 +131,24 @@ class ModelStage:
         for i in range(n):
             if status[i] == "ok":
                 groups.setdefault(batch["image"][i].shape, []).append(i)
-        for rows in groups.values():
-            images = np.stack([batch["image"][i] for i in rows])
-            size = inference_size(*images.shape[1:3], self.scale, self.trained_long_side)
-            start = time.perf_counter()
-            try:
-                scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp, size)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed, start = _ms(start) / len(rows), time.perf_counter()
-                out = (label_maps_on_device(images, scores, self.crf, self.crf_max_pixels) if self.masks
-                       else scores.cpu().numpy())
-            except (RuntimeError, ValueError) as e:  # e.g. out of memory on one huge image
-                for i in rows:
-                    status[i], errors[i] = "error", f"model: {str(e).splitlines()[0][:300]}"
-                continue
-            for k, i in enumerate(rows):
-                model_ms[i], scale[i] = elapsed, max(size) / max(images.shape[1:3])
-                if self.masks:
-                    masks[i], crf_ms[i] = out[k], _ms(start) / len(rows)
-                else:
-                    coarse[i] = out[k]
+        for group in groups.values():
+            for rows, result in halving_on_oom(lambda rows: self._forward(batch, rows), group):
+                if result is None:
+                    h, w = batch["image"][rows[0]].shape[:2]
+                    status[rows[0]] = "error"
+                    errors[rows[0]] = f"model: out of {'GPU ' if self.device.type == 'cuda' else ''}memory at {h}×{w}"
+                    continue
+                if isinstance(result, str):
+                    for i in rows:
+                        status[i], errors[i] = "error", result
+                    continue
+                out, model_ms_each, crf_ms_each, image_scale = result
+                for k, i in enumerate(rows):
+                    model_ms[i], scale[i] = model_ms_each, image_scale
+                    if self.masks:
+                        masks[i], crf_ms[i] = out[k], crf_ms_each
+                    else:
+                        coarse[i] = out[k]
         common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale}
         if self.masks:
             kept = {k: v for k, v in batch.items() if self.keep_image or k != "image"}

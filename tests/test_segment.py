@@ -214,6 +214,38 @@ def test_images_larger_than_the_training_scale_are_shrunk_for_the_network_only(r
     assert found == {"auto": ({0.5}, {1.0}), "native": ({1.0}, {1.0}), "40": ({0.25}, {0.5})}
 
 
+def test_out_of_memory_splits_the_group_and_costs_only_the_image_that_does_not_fit(model_dir, images):
+    """The model stage (in this process) whose network runs out of memory above a pixel count, as a GPU
+    would (a test hook: the stage's own model patched): the group is split in halves and retried, the
+    masks equal the unconstrained run's, an image that alone does not fit is one error row, and the
+    stage goes on at full size with the next batch."""
+    from pipelines.segmentation import ModelStage
+
+    pictures = [decode_image(p.read_bytes()) for p in sorted(images.glob("day*/*.jpg"))]
+    batch = {"source": [f"s{i}" for i in range(8)], "image": pictures, "status": ["ok"] * 8, "error": [""] * 8}
+    stage = ModelStage(str(model_dir), masks=True)
+    expected = stage(batch)["mask"]
+    network, calls = stage.model.coarse_logits, []
+
+    def coarse_logits(x):
+        calls.append(x.shape[0])
+        if x.shape[0] * x.shape[-2] * x.shape[-1] > room:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return network(x)
+
+    stage.model.coarse_logits = coarse_logits
+    room = 2 * 120 * 160  # two images at a time
+    out = stage(batch)
+    assert out["status"] == ["ok"] * 8 and calls == [8, 4, 2, 2, 4, 2, 2]
+    for got, want in zip(out["mask"], expected):
+        np.testing.assert_array_equal(got, want)
+    room = 120 * 160 - 1  # not even one
+    out = stage(batch)
+    assert out["status"] == ["error"] * 8 and set(out["error"]) == {"model: out of memory at 120×160"}
+    room = 8 * 120 * 160
+    assert stage(batch)["status"] == ["ok"] * 8
+
+
 def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
     mlflow.set_experiment(experiment_id=tracking_setup("segment-models"))
     with mlflow.start_run() as run:
