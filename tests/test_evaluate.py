@@ -102,7 +102,9 @@ def test_cityscapes_label_ids_export_maps_back(tmp_path, capsys, tracking):
     all_ids = np.arange(CITYSCAPES.num_classes, dtype=np.uint8).reshape(1, -1).repeat(2, 0)
     batch = {"source": [ex.image for ex in examples] + ["all"],
              "relative": [f"{Path(ex.image).parent.name}/{Path(ex.image).name}" for ex in examples] + ["all.png"],
-             "version": ["v"] * (len(examples) + 1), "decode_ms": [0.0] * (len(examples) + 1),
+             "version": ["v"] * (len(examples) + 1), "orientation": [1] * (len(examples) + 1),
+             "frames": [1] * (len(examples) + 1), "scale": [1.0] * (len(examples) + 1),
+             "decode_ms": [0.0] * (len(examples) + 1),
              "model_ms": [0.0] * (len(examples) + 1), "crf_ms": [0.0] * (len(examples) + 1),
              "mask": train_ids + [all_ids], "status": ["ok"] * (len(examples) + 1),
              "error": [""] * (len(examples) + 1)}
