@@ -140,7 +140,8 @@ def label_map(image: np.ndarray, coarse: np.ndarray, crf: CRFParams | None = Non
     if crf is None:
         return upsample_probabilities(coarse, image.shape[:2]).argmax(0).astype(np.uint8)
     device = "cuda" if crf_backend == "torch" and torch.cuda.is_available() else "cpu"  # as dense_crf does
-    return label_maps_on_device(image[None], torch.from_numpy(np.ascontiguousarray(coarse))[None].to(device), crf,
+    # Copies: the arrays may be read-only (Ray's object store), which torch.from_numpy warns about.
+    return label_maps_on_device(image[None], torch.tensor(coarse, dtype=torch.float32, device=device)[None], crf,
                                 crf_max_pixels, crf_backend)[0]
 
 
@@ -154,8 +155,8 @@ def label_maps_on_device(images: np.ndarray, coarse: torch.Tensor, crf: CRFParam
         return upsample_logits(coarse.float(), size).softmax(1).argmax(1).to(torch.uint8).cpu().numpy()
     crf_size = bounded_size(size, crf_max_pixels)
     probs = upsample_logits(coarse.float(), crf_size).softmax(1)
-    pixels = resize_images(torch.from_numpy(np.ascontiguousarray(images)).to(coarse.device).permute(0, 3, 1, 2),
-                           crf_size).permute(0, 2, 3, 1)
+    pixels = resize_images(torch.tensor(images, device=coarse.device).permute(0, 3, 1, 2),
+                           crf_size).permute(0, 2, 3, 1).contiguous()
     if crf_backend == "torch":
         q = dense_crf_batch(pixels, probs, crf)
     else:
