@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(PY) -m pipelines.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --timeout=900 --durations=15 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

@@ -7,6 +7,11 @@ once with `--scale auto` (the network sees 500×375) and once with `--scale nati
 what segment did before it knew the model's scale; both with the CRF bounded by --crf-max-pixels).
 Prints images/s and the peak RSS of the whole process tree (driver and Ray workers, sampled every
 0.2 s) of each, and their ratio. Each run is its own process with its own local Ray.
+
+Then one 10,000×10,000 photo (100 Mpx) at native scale, tiled (1024-pixel windows overlapping by 256,
+the CRF by tiles): seconds, the peak RSS of the largest single process and of the tree, against the
+baseline of the untiled path's full-size 21×H×W float32 scores alone (8.4 GB). --skip-tiled leaves
+it out.
 """
 from __future__ import annotations
 
@@ -45,27 +50,37 @@ def write_photos(directory: Path, n: int) -> None:
         (directory / f"IMG_{i:04d}.{'heic' if heic else 'jpg'}").write_bytes(buf.getvalue())
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def write_large_photo(path: Path, side: int) -> None:
+    """A side×side JPEG of a synthetic scene (an aerial tile or a gigapixel scan's size)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small, _, _ = render_scene(np.random.default_rng(11), 500, 500, range(1, 21))
+    Image.fromarray(small).resize((side, side), Image.BILINEAR).save(path, quality=90)
+
+
+def process_rss(proc: psutil.Process) -> list[int]:
+    """RSS of `proc` and each of its descendants."""
+    sizes = []
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            sizes.append(p.memory_info().rss)
         except psutil.Error:
             pass
-    return total
+    return sizes
 
 
-def run_segment(model: Path, photos: Path, out: Path, scale: str, env: dict) -> dict:
+def run_segment(model: Path, photos: Path, out: Path, scale: str, env: dict, *flags: str) -> dict:
     argv = [sys.executable, "-m", "pipelines.segment", "--model", str(model), "--input", str(photos),
-            "--output", str(out), "--scale", scale, "--crf-actors", "1", "--batch-size", "1"]
+            "--output", str(out), "--scale", scale, "--crf-actors", "1", "--batch-size", "1", *flags]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    peak, watched = 0, psutil.Process(proc.pid)
+    peak = largest = 0
+    watched = psutil.Process(proc.pid)
 
     def sample():
-        nonlocal peak
+        nonlocal peak, largest
         while proc.poll() is None:
-            peak = max(peak, tree_rss(watched))
+            sizes = process_rss(watched)
+            peak, largest = max(peak, sum(sizes)), max([largest, *sizes])
             time.sleep(0.2)
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -74,12 +89,14 @@ def run_segment(model: Path, photos: Path, out: Path, scale: str, env: dict) -> 
     elapsed = time.perf_counter() - start
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert proc.returncode == 0 and summary["errors"] == 0, summary
-    return {"images_per_s": summary["images"] / elapsed, "seconds": elapsed, "peak_rss_gb": peak / 1e9}
+    return {"images_per_s": summary["images"] / elapsed, "seconds": elapsed, "peak_rss_gb": peak / 1e9,
+            "largest_process_gb": largest / 1e9}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=int, default=4)
+    p.add_argument("--skip-tiled", action="store_true", help="leave out the 10,000×10,000 tiled photo")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-photos-"))
     model = save_voc_model(work / "model")
@@ -97,8 +114,19 @@ def main() -> None:
     ratio = results["auto"]["images_per_s"] / results["native"]["images_per_s"]
     print(f"ratio --scale auto / --scale native (baseline): {ratio:.2f}x images/s, peak RSS "
           f"{results['auto']['peak_rss_gb']:.2f} vs {results['native']['peak_rss_gb']:.2f} GB")
-    print(json.dumps({"photos": args.photos, "ratio": round(ratio, 2),
-                      **{f"{k}_{m}": round(v[m], 3) for k, v in results.items() for m in ("images_per_s", "peak_rss_gb")}}))
+    figures = {"photos": args.photos, "ratio": round(ratio, 2),
+               **{f"{k}_{m}": round(v[m], 3) for k, v in results.items() for m in ("images_per_s", "peak_rss_gb")}}
+    if not args.skip_tiled:
+        write_large_photo(work / "large" / "aerial.jpg", 10_000)
+        r = run_segment(model, work / "large", work / "out-tiled", "native", env, "--tile", "1024")
+        full_scores_gb = 21 * 10_000 * 10_000 * 4 / 1e9
+        print(f"one 10,000×10,000 photo, native scale, tiled 1024/256 with the CRF by tiles: {r['seconds']:.0f} s, "
+              f"peak RSS {r['largest_process_gb']:.2f} GB in the largest process, {r['peak_rss_gb']:.2f} GB for the "
+              f"tree; baseline: the untiled path's 21×H×W float32 scores alone, {full_scores_gb:.1f} GB "
+              f"(ratio {r['largest_process_gb'] / full_scores_gb:.2f})", flush=True)
+        figures.update({"tiled_seconds": round(r["seconds"], 1), "tiled_largest_process_gb": round(r["largest_process_gb"], 2),
+                        "tiled_tree_gb": round(r["peak_rss_gb"], 2)})
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import BACKENDS, CRF_PRESETS, CRFParams
 from deeplab_core.data.codec import MAX_PIXELS
-from deeplab_core.inference import SCALE_TOLERANCE, SCALES
+from deeplab_core.inference import SCALE_TOLERANCE, SCALES, Tiling
 from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.model_uri import download_model
@@ -197,7 +197,8 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
     ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
         "model_dir": model_dir, "scales": tuple(args.tta_scales), "flip": args.tta_flip, "amp": not args.no_amp,
         "threads": args.model_cpus, "masks": masks_on_gpu, "crf": crf if masks_on_gpu else None,
-        "keep_image": args.overlays or not masks_on_gpu, "scale": args.scale, "crf_max_pixels": args.crf_max_pixels},
+        "keep_image": args.overlays or not masks_on_gpu, "scale": args.scale, "crf_max_pixels": args.crf_max_pixels,
+        "tiling": tiling(args), "window_batch": args.batch_size},
         batch_size=args.batch_size, concurrency=args.model_actors,
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
     if not masks_on_gpu:
@@ -228,7 +229,8 @@ def log_run(args, crf: dict | None, backend: str, summary: dict) -> None:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"segment-{time.strftime('%Y%m%d-%H%M%S')}"):
             mlflow.log_params({"model_uri": args.model, "input": args.input, "output": args.output,
                                "tta_scales": ",".join(map(str, args.tta_scales)), "tta_flip": args.tta_flip,
-                               "scale": args.scale, "crf_max_pixels": args.crf_max_pixels,
+                               "scale": args.scale, "crf_max_pixels": args.crf_max_pixels, **{
+                                   f"tiling.{k}": v for k, v in tiling(args).items()},
                                "orientation": "sensor" if args.keep_sensor_orientation else "exif",
                                **({f"crf.{k}": v for k, v in crf.items()} | {"crf_backend": backend}
                                   if crf else {"crf": "none"})})
@@ -236,6 +238,13 @@ def log_run(args, crf: dict | None, backend: str, summary: dict) -> None:
     except Exception as e:
         warnings.warn(f"MLflow: batch-segmentation run not logged: {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}", RuntimeWarning, stacklevel=2)
+
+
+def tiling(args) -> dict:
+    """`Tiling`'s fields from --tile (given: every frame with a longer side is tiled), --tile-overlap,
+    --tile-above."""
+    return {"tile": args.tile or Tiling.tile, "overlap": args.tile_overlap,
+            "above": None if args.tile else args.tile_above}
 
 
 def scale_choice(text: str) -> str | int:
@@ -258,7 +267,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--input", required=True, help="folder or s3:// prefix of images, walked recursively")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for masks/, overlays/, summary/, _manifest/")
     p.add_argument("--extensions", default=EXTENSIONS, help=f"image file extensions (default {EXTENSIONS})")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (default %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="refuse larger images, a guard against decompression bombs (default %(default)s: a 100 Mpx "
+                        "photo or aerial tile passes; decoding one takes 300 MB)")
     p.add_argument("--keep-sensor-orientation", action="store_true",
                    help="segment the pixels in their stored order, ignoring the EXIF orientation (by default "
                         "images, masks and overlays are as a viewer shows them)")
@@ -270,6 +281,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--crf-max-pixels", type=int, default=CRF_MAX_PIXELS,
                    help="the dense CRF runs on at most this many pixels: larger images are refined on a "
                         "downscaled copy whose marginals are upsampled (default %(default)s, ~2.7 VOC images)")
+    tiles = p.add_argument_group("frames too large for one pass: overlapping windows, blended scores, CRF per tile")
+    tiles.add_argument("--tile", type=int, metavar="SIZE",
+                       help="tile every frame with a side longer than SIZE pixels at the network's scale (default: "
+                            f"only frames over --tile-above, in {Tiling.tile}-pixel tiles)")
+    tiles.add_argument("--tile-overlap", type=int, default=Tiling.overlap, metavar="PX",
+                       help="pixels by which neighbouring windows overlap; their scores are averaged there "
+                            "(default %(default)s)")
+    tiles.add_argument("--tile-above", type=int, default=Tiling.above, metavar="PIXELS",
+                       help="tile frames larger than this many pixels at the network's scale (default %(default)s, "
+                            "2048×2048)")
     p.add_argument("--force", action="store_true", help="redo every image, not only new or changed ones")
     p.add_argument("--overlays", action="store_true", help="also write colour overlays/<path>.jpg")
     p.add_argument("--cityscapes-label-ids", action="store_true",
@@ -291,6 +312,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
                  "crf_max_pixels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        Tiling(**tiling(args))
+    except ValueError as e:
+        p.error(f"--tile: {e}")
     if any(s <= 0 for s in args.tta_scales):
         p.error(f"--tta-scales must be positive, got {args.tta_scales}")
     return args, p

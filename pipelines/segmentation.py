@@ -36,8 +36,8 @@ from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import DecodeError, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
 from deeplab_core.data.photos import decode_photo
-from deeplab_core.inference import (OUT_OF_MEMORY, bounded_size, coarse_scores, halving_on_oom, inference_size,
-                                    label_map, label_maps_on_device)
+from deeplab_core.inference import (Tiling, coarse_scores, crf_scale, halving_on_oom, inference_size,
+                                    label_map, label_maps_on_device, ran_out_of_memory, resize_images, tiled_coarse_scores)
 from pipelines import storage
 
 MANIFEST_DIR = "_manifest"
@@ -85,13 +85,18 @@ def read_and_decode(batch: dict, max_pixels: int, orient: bool = True) -> dict:
 
 class ModelStage:
     """Actor: the network on a GPU when the actor has one, else on CPU with `threads` threads.
-    Images of the same size in a batch go through one forward pass. With `masks`, the masks are made
-    here, right after the forward pass and on the same device (upsample, the torch dense CRF batched
-    over the group, argmax): the GPU path, where no CPU CRF pool is needed."""
+    Images of the same size in a batch go through one forward pass; a frame larger than `tiling`
+    allows goes through in windows, `window_batch` at a time. With `masks`, the masks are made here,
+    right after the forward pass and on the same device (upsample, the torch dense CRF batched over the
+    group, argmax): the GPU path, where no CPU CRF pool is needed.
+
+    Out of memory (GPU, or CPU `MemoryError`): the group is split in halves down to one image, an image
+    that alone does not fit is retried in tiles (`Tiling.after_out_of_memory`), and only a tile that
+    does not fit makes an error row. The next batch runs at full size again."""
 
     def __init__(self, model_dir: str, scales=(1.0,), flip: bool = False, amp: bool = True, threads: int = 1,
                  masks: bool = False, crf: dict | None = None, keep_image: bool = True, scale: str | int = "native",
-                 crf_max_pixels: int | None = None):
+                 crf_max_pixels: int | None = None, tiling: dict | None = None, window_batch: int = 4):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -102,68 +107,103 @@ class ModelStage:
         self.scales, self.flip, self.amp = tuple(scales), flip, amp and self.device.type == "cuda"
         self.masks, self.keep_image = masks, keep_image
         self.crf = CRFParams(**crf) if crf is not None else None
+        self.tiling, self.window_batch = Tiling(**(tiling or {})), window_batch
 
-    def _forward(self, batch: dict, rows: list[int]):
-        """The rows (images of one size) through the network, and the masks when made here: (out,
-        model ms and CRF ms per image, scale), or the error line of a bad input. Out of memory propagates:
-        `halving_on_oom` retries smaller groups."""
+    def _size(self, image: np.ndarray) -> tuple[int, int]:
+        return inference_size(*image.shape[:2], self.scale, self.trained_long_side)
+
+    def _tiled_scores(self, image: np.ndarray, size: tuple[int, int], tiling: Tiling, window_batch: int):
+        if tuple(size) != image.shape[:2]:
+            image = resize_images(torch.from_numpy(image).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
+        return tiled_coarse_scores(self.model, image, self.device, tiling.tile, tiling.overlap, window_batch,
+                                   scales=self.scales, flip=self.flip, amp=self.amp)
+
+    def _forward(self, batch: dict, rows: list[int], tiling: Tiling, window_batch: int):
+        """The rows (images of one size) through the network, whole or in tiles, and the masks when
+        made here: (out, model ms and CRF ms per image, scale, tile or 0), or the error line of a bad
+        input. Out of memory propagates: the caller retries smaller groups, then tiles."""
         images = np.stack([batch["image"][i] for i in rows])
-        size = inference_size(*images.shape[1:3], self.scale, self.trained_long_side)
+        size = self._size(images[0])
+        tile = tiling.tile_for(size)
         start = time.perf_counter()
         try:
-            scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp, size)
+            if tile:
+                scores = torch.stack([self._tiled_scores(image, size, tiling, window_batch) for image in images])
+            else:
+                scores = coarse_scores(self.model, images, self.device, self.scales, self.flip, self.amp, size)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             model_ms, start = _ms(start) / len(rows), time.perf_counter()
-            out = (label_maps_on_device(images, scores, self.crf, self.crf_max_pixels) if self.masks
+            out = (label_maps_on_device(images, scores, self.crf, self.crf_max_pixels, crf_tile=tile) if self.masks
                    else scores.cpu().numpy())
-        except OUT_OF_MEMORY:
-            raise
         except (RuntimeError, ValueError) as e:
+            if ran_out_of_memory(e):
+                raise
             return f"model: {str(e).splitlines()[0][:300]}"
-        return out, model_ms, _ms(start) / len(rows), max(size) / max(images.shape[1:3])
+        return out, model_ms, _ms(start) / len(rows), max(size) / max(images.shape[1:3]), tile or 0
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
         coarse, masks, model_ms, crf_ms = [EMPTY_SCORES] * n, [EMPTY_MASK] * n, [0.0] * n, [0.0] * n
-        status, errors, scale = list(batch["status"]), list(batch["error"]), [0.0] * n
+        status, errors, scale, tiles = list(batch["status"]), list(batch["error"]), [0.0] * n, [0] * n
         groups: dict[tuple, list[int]] = {}
         for i in range(n):
             if status[i] == "ok":
                 groups.setdefault(batch["image"][i].shape, []).append(i)
         for group in groups.values():
-            for rows, result in halving_on_oom(lambda rows: self._forward(batch, rows), group):
+            for rows, result in halving_on_oom(lambda rows: self._forward(batch, rows, self.tiling, self.window_batch),
+                                               group):
+                if result is None:  # one image that does not fit whole: in tiles, one at a time
+                    size = self._size(batch["image"][rows[0]])
+                    tiling = self.tiling.after_out_of_memory(size)
+                    result = next(halving_on_oom(lambda rows: self._forward(batch, rows, tiling, 1), rows))[1]
                 if result is None:
-                    h, w = batch["image"][rows[0]].shape[:2]
                     status[rows[0]] = "error"
-                    errors[rows[0]] = f"model: out of {'GPU ' if self.device.type == 'cuda' else ''}memory at {h}×{w}"
+                    errors[rows[0]] = (f"model: out of {'GPU ' if self.device.type == 'cuda' else ''}memory at "
+                                       f"{min(tiling.tile, size[0])}×{min(tiling.tile, size[1])}")
                     continue
                 if isinstance(result, str):
                     for i in rows:
                         status[i], errors[i] = "error", result
                     continue
-                out, model_ms_each, crf_ms_each, image_scale = result
+                out, model_ms_each, crf_ms_each, image_scale, tile = result
                 for k, i in enumerate(rows):
-                    model_ms[i], scale[i] = model_ms_each, image_scale
+                    model_ms[i], scale[i], tiles[i] = model_ms_each, image_scale, tile
                     if self.masks:
                         masks[i], crf_ms[i] = out[k], crf_ms_each
                     else:
                         coarse[i] = out[k]
-        common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale}
+        common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale, "tile": tiles}
         if self.masks:
             kept = {k: v for k, v in batch.items() if self.keep_image or k != "image"}
             return {**kept, **common, "mask": masks, "crf_ms": crf_ms}
         return {**batch, **common, "coarse": coarse}
 
 
+# The CRF tile for a whole frame that ran out of memory in the CPU CRF stage.
+CRF_TILE_AFTER_OUT_OF_MEMORY = 1024
+
+
 class LabelStage:
-    """Actor (CPU): coarse scores -> mask, through the dense CRF (`crf_backend`) unless `crf` is None."""
+    """Actor (CPU): coarse scores -> mask, through the dense CRF (`crf_backend`) unless `crf` is None;
+    tiled frames (row `tile` > 0) are refined tile by tile, and a frame out of memory is retried so."""
 
     def __init__(self, crf: dict | None, keep_image: bool, crf_backend: str = "pydensecrf",
                  crf_max_pixels: int | None = None):
         torch.set_num_threads(1)
         self.crf = CRFParams(**crf) if crf is not None else None
         self.keep_image, self.crf_backend, self.crf_max_pixels = keep_image, crf_backend, crf_max_pixels
+
+    def _mask(self, image: np.ndarray, coarse: np.ndarray, tile: int | None) -> tuple[np.ndarray, str]:
+        """The mask and "", or an empty mask and the error line. A whole frame out of memory: once more
+        tile by tile."""
+        for attempt in (tile,) if tile else (None, CRF_TILE_AFTER_OUT_OF_MEMORY):
+            try:
+                return label_map(image, coarse, self.crf, self.crf_backend, self.crf_max_pixels, attempt), ""
+            except (RuntimeError, ValueError, MemoryError) as e:
+                if not ran_out_of_memory(e):
+                    return EMPTY_MASK, f"crf: {str(e).splitlines()[0][:300]}"
+        return EMPTY_MASK, f"crf: out of memory at {image.shape[0]}×{image.shape[1]}"
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
@@ -173,11 +213,9 @@ class LabelStage:
             if status[i] != "ok":
                 continue
             start = time.perf_counter()
-            try:
-                masks[i] = label_map(batch["image"][i], batch["coarse"][i], self.crf, self.crf_backend,
-                                     self.crf_max_pixels)
-            except ValueError as e:
-                status[i], errors[i] = "error", f"crf: {e}"
+            masks[i], error = self._mask(batch["image"][i], batch["coarse"][i], int(batch["tile"][i]) or None)
+            if error:
+                status[i], errors[i] = "error", error
             crf_ms[i] = _ms(start)
         out = {k: v for k, v in batch.items() if k != "coarse" and (self.keep_image or k != "image")}
         return {**out, "mask": masks, "crf_ms": crf_ms, "status": status, "error": errors}
@@ -208,12 +246,13 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
         rows["mask_uri"].append(uri)
         rows["height"].append(int(mask.shape[0]) if mask.ndim == 2 else 0)
         rows["width"].append(int(mask.shape[1]) if mask.ndim == 2 else 0)
-        crf_size = bounded_size(mask.shape, crf_max_pixels) if crf and mask.ndim == 2 and mask.size else (0, 0)
-        rows["crf_scale"].append(crf_size[0] / mask.shape[0] if crf_size[0] else 0.0)
+        rows["crf_scale"].append(crf_scale(mask.shape, crf_max_pixels, int(batch["tile"][i]) or None)
+                                 if crf and mask.ndim == 2 and mask.size else 0.0)
         rows["class_pixels"].append(np.bincount(mask.ravel(), minlength=labels.num_classes).astype(np.int64)
                                     if uri else np.zeros(labels.num_classes, np.int64))
         rows["write_ms"].append(_ms(start))
-    keep = ("source", "relative", "version", "orientation", "frames", "scale", "decode_ms", "model_ms", "crf_ms")
+    keep = ("source", "relative", "version", "orientation", "frames", "scale", "tile", "decode_ms", "model_ms",
+            "crf_ms")
     return {**{k: batch[k] for k in keep}, **rows, "status": status, "error": errors,
             "model_uri": [model_uri] * n, "crf_params": [json.dumps(crf, sort_keys=True) if crf else ""] * n,
             "crf_backend": [crf_backend if crf else ""] * n}

@@ -12,6 +12,21 @@ import pytest
 
 from infra.local_stack import ARTIFACT_BUCKET, free_port, s3_env, start_mlflow, start_s3, stop
 
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup), one module at a time each, so
+# that one worker's waits (Ray starting, servers, subprocesses) are the other's CPU time. Each worker
+# starts its own S3 endpoint, MLflow server and local Ray (RAY_ADDRESS=local: never the cluster that
+# another test records on this machine). The modules that start or plant the machine's recorded
+# cluster (`ray start`: the local stack, `ray up`) run one after another on one worker.
+RECORDED_CLUSTER_MODULES = {"test_end_to_end", "test_ray_up", "test_infra"}
+os.environ.setdefault("RAY_ADDRESS", "local")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group("recorded-cluster" if module in RECORDED_CLUSTER_MODULES else module))
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):

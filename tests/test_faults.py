@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", **env})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local", **env})
 
 
 def summary(result: subprocess.CompletedProcess) -> dict:
@@ -110,7 +110,7 @@ def test_a_killed_crf_actor_is_restarted_and_every_image_gets_one_mask(raw_voc, 
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.segment", "--model", str(model_dir), "--input",
                              str(images), "--output", str(out), "--batch-size", "1", "--crf-actors", "2",
                              "--commit-every", "100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"})
     deadline = time.monotonic() + 300
     victims: list[psutil.Process] = []
     while not victims:  # the CRF actors, once they are working on images

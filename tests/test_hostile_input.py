@@ -97,7 +97,7 @@ def test_decompression_bomb_is_refused_by_the_pixel_limit():
     bomb = _png_bomb(20_000, 20_000)  # 400 Mpx
     assert len(bomb) < 100_000
     for decoder in (decode_image, decode_label):
-        with pytest.raises(DecodeError, match="pixel limit|decompression bomb"):
+        with pytest.raises(DecodeError, match="exceeds the 120000000-pixel limit"):
             decoder(bomb)
     with pytest.raises(DecodeError, match="exceeds the 1000-pixel limit"):
         decode_image(encode_png(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)

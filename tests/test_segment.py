@@ -196,29 +196,39 @@ def test_exif_rotated_photos_are_segmented_as_shown(ray_local, capsys, tmp_path,
 def test_images_larger_than_the_training_scale_are_shrunk_for_the_network_only(ray_local, capsys, tmp_path,
                                                                                 model_dir, images, tracking):
     """A model trained on 80-pixel images: `--scale auto` runs the 160×120 photos at half size,
-    `native` and `N` as asked, the CRF on at most --crf-max-pixels; every mask has the photo's size."""
+    `native` and `N` as asked, the CRF on at most --crf-max-pixels; `--tile 128` sends them through in
+    overlapping windows and refines them by tiles, within 3% of the whole-frame masks; every mask has
+    the photo's size."""
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
     spec = json.loads((model / "model.json").read_text())
     (model / "model.json").write_text(json.dumps({**spec, "trained_long_side": 80}))
+    runs = {"auto": ["--scale", "auto"], "native": ["--scale", "native"],
+            "40": ["--scale", "40", "--crf-max-pixels", "4800"],
+            "tiled": ["--scale", "native", "--tile", "128", "--tile-overlap", "32"]}
     found = {}
-    for flags in (["--scale", "auto"], ["--scale", "native"], ["--scale", "40", "--crf-max-pixels", "4800"]):
-        out = tmp_path / flags[1]
+    for name, flags in runs.items():
+        out = tmp_path / name
         code, summary = run_segment(capsys, "--model", str(model), "--input", str(images / "day1"), "--output",
                                     str(out), *flags)
         assert code == 0 and summary["images"] == 4
         rows = summary_rows(out)
         assert all((r["height"], r["width"]) == (120, 160) for r in rows)
         assert all(Image.open(p).size == (160, 120) for p in out.glob("masks/*.png"))
-        found[flags[1]] = ({r["scale"] for r in rows}, {r["crf_scale"] for r in rows})
-    assert found == {"auto": ({0.5}, {1.0}), "native": ({1.0}, {1.0}), "40": ({0.25}, {0.5})}
+        found[name] = ({r["scale"] for r in rows}, {r["crf_scale"] for r in rows}, {r["tile"] for r in rows})
+    assert found == {"auto": ({0.5}, {1.0}, {0}), "native": ({1.0}, {1.0}, {0}), "40": ({0.25}, {0.5}, {0}),
+                     "tiled": ({1.0}, {1.0}, {128})}
+    for whole in sorted((tmp_path / "native" / "masks").glob("*.png")):
+        tiled = np.array(Image.open(tmp_path / "tiled" / "masks" / whole.name))
+        assert np.mean(tiled == np.array(Image.open(whole))) > 0.97
 
 
 def test_out_of_memory_splits_the_group_and_costs_only_the_image_that_does_not_fit(model_dir, images):
     """The model stage (in this process) whose network runs out of memory above a pixel count, as a GPU
     would (a test hook: the stage's own model patched): the group is split in halves and retried, the
-    masks equal the unconstrained run's, an image that alone does not fit is one error row, and the
-    stage goes on at full size with the next batch."""
+    masks equal the unconstrained run's; an image that alone does not fit is retried in tiles (masks
+    within 1% of the whole run's); a tile that does not fit is one error row; and the stage goes on
+    at full size with the next batch."""
     from pipelines.segmentation import ModelStage
 
     pictures = [decode_image(p.read_bytes()) for p in sorted(images.glob("day*/*.jpg"))]
@@ -239,9 +249,17 @@ def test_out_of_memory_splits_the_group_and_costs_only_the_image_that_does_not_f
     assert out["status"] == ["ok"] * 8 and calls == [8, 4, 2, 2, 4, 2, 2]
     for got, want in zip(out["mask"], expected):
         np.testing.assert_array_equal(got, want)
-    room = 120 * 160 - 1  # not even one
+    room = 120 * 160 - 1  # not even one: each image once more in tiles (128 wide: two span it), one by one
+    calls.clear()
     out = stage(batch)
-    assert out["status"] == ["error"] * 8 and set(out["error"]) == {"model: out of memory at 120×160"}
+    assert out["status"] == ["ok"] * 8 and out["tile"] == [128] * 8
+    pair = [2] + [1, 1, 1] * 2  # a pair fails, each image alone fails, then its two windows fit
+    assert calls == [8] + ([4] + pair * 2) * 2
+    for got, want in zip(out["mask"], expected):  # windows see less context than the whole image
+        assert np.mean(got == want) > 0.99
+    room = 120 * 128 - 1  # not even a tile
+    out = stage(batch)
+    assert out["status"] == ["error"] * 8 and set(out["error"]) == {"model: out of memory at 120×128"}
     room = 8 * 120 * 160
     assert stage(batch)["status"] == ["ok"] * 8
 
@@ -291,7 +309,7 @@ def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, im
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
     out = tmp_path / "out"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": ""}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": "local"}
     argv = [sys.executable, "-m", "pipelines.segment", "--model", str(model_dir), "--input", str(work),
             "--output", str(out), "--commit-every", "4", "--crf-actors", "1", "--batch-size", "1"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)

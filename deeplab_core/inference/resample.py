@@ -1,0 +1,59 @@
+"""Windows of a bilinear resize without the full-size result: the masks of a 100 Mpx photo are made
+band by band and tile by tile from the network's coarse scores, never as one C×H×W float array
+(8.4 GB for 21 classes)."""
+from __future__ import annotations
+
+import torch
+
+# Floats per band when a full-size map is reduced band by band (64 MB of float32).
+BAND_VALUES = 1 << 24
+
+
+def source_positions(out_len: int, in_len: int, start: int, stop: int, device=None) -> torch.Tensor:
+    """Where output pixels start..stop-1 of an `in_len` -> `out_len` resize sample the input: pixel
+    centres mapped as `F.interpolate(..., align_corners=False)` maps them."""
+    return (torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5
+
+
+def sample(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """`scores` (…×h×w) bilinearly sampled at source positions `rows` × `cols` (clamped at the
+    borders, as PyTorch's bilinear interpolation clamps them) -> …×len(rows)×len(cols)."""
+    def taps(pos: torch.Tensor, n: int):
+        pos = pos.clamp(0, n - 1)
+        lo = pos.floor().long()
+        return lo, (lo + 1).clamp_max(n - 1), (pos - lo).to(scores.dtype)
+
+    y0, y1, wy = taps(rows, scores.shape[-2])
+    x0, x1, wx = taps(cols, scores.shape[-1])
+    vertical = torch.lerp(scores[..., y0, :], scores[..., y1, :], wy[:, None])
+    return torch.lerp(vertical[..., x0], vertical[..., x1], wx)
+
+
+def resample(scores: torch.Tensor, size: tuple[int, int], rows: tuple[int, int] | None = None,
+             cols: tuple[int, int] | None = None) -> torch.Tensor:
+    """Rows `rows` = (start, stop) and columns `cols` of `scores` (…×h×w) bilinearly resized to
+    `size`, equal to that window of `F.interpolate(scores, size, mode="bilinear")`."""
+    (height, width), (h, w) = size, scores.shape[-2:]
+    r0, r1 = rows or (0, height)
+    c0, c1 = cols or (0, width)
+    return sample(scores, source_positions(height, h, r0, r1, scores.device),
+                  source_positions(width, w, c0, c1, scores.device))
+
+
+def row_bands(height: int, values_per_row: int) -> list[tuple[int, int]]:
+    """(start, stop) row ranges of at most BAND_VALUES values each."""
+    step = max(1, BAND_VALUES // max(1, values_per_row))
+    return [(y, min(y + step, height)) for y in range(0, height, step)]
+
+
+def argmax_resampled(scores: torch.Tensor, size: tuple[int, int], softmax: bool = False) -> torch.Tensor:
+    """N×C×h×w scores -> N×size uint8: the most likely class of each pixel of their bilinear resize
+    (after a softmax over C when `softmax`, as the probabilities are compared), band by band."""
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return (scores.softmax(1) if softmax else scores).argmax(1).to(torch.uint8)
+    n, c = scores.shape[:2]
+    out = torch.empty((n, *size), dtype=torch.uint8, device=scores.device)
+    for r0, r1 in row_bands(size[0], n * c * size[1]):
+        band = resample(scores, size, (r0, r1))
+        out[:, r0:r1] = (band.softmax(1) if softmax else band).argmax(1)
+    return out
