@@ -12,6 +12,17 @@ import numpy as np
 
 BACKENDS = ("pydensecrf", "torch")
 NORMALIZATIONS = ("symmetric", "after")
+PYDENSECRF_MISSING = ("pydensecrf is not installed: pip install 'deeplab-ray[pydensecrf]' (a C++ build: needs a "
+                      "compiler), or use --crf-backend torch, the same CRF in PyTorch")
+
+
+def pydensecrf_installed() -> bool:
+    """Whether pydensecrf (the `pydensecrf` extra, built from source) can be imported here."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,10 @@ def dense_crf(image, probs, params: CRFParams = CRFParams(), backend: str = "pyd
 def pydensecrf_model(image: np.ndarray, probs: np.ndarray, params: CRFParams):
     """pydensecrf's DenseCRF2D holding our energy, ready for `inference` (or `startInference` and
     `stepInference`, to follow Q iteration by iteration)."""
-    import pydensecrf.densecrf as dcrf
-
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        raise ValueError(PYDENSECRF_MISSING) from None
     check_crf_inputs(image, probs)
     num_classes, height, width = probs.shape
     normalization = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[params.normalization]

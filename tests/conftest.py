@@ -46,8 +46,7 @@ def s3_endpoint(tmp_path_factory):
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def save_random_voc_model(directory: Path) -> Path:
     """A small saved VOC model (random weights, logits spread so masks show several classes)."""
     import torch
 
@@ -60,10 +59,14 @@ def model_dir(tmp_path_factory) -> Path:
     classifier = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         classifier.weight.normal_(0, 30)
-    directory = tmp_path_factory.mktemp("model") / "checkpoint_00000100"
     save_model(directory, model, {"name": "deeplabv3plus_mobilenetv3", "num_classes": VOC.num_classes,
                                   "options": {"width_mult": 0.5}, "msc_scales": None, **VOC.to_dict()})
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_random_voc_model(tmp_path_factory.mktemp("model") / "checkpoint_00000100")
 
 
 @pytest.fixture(scope="session")
