@@ -30,7 +30,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from pipelines import tracking  # noqa: E402
 from pipelines.cli import emit_summary, log, output, run  # noqa: E402
 
-KIND_TAG = "deeplab.kind"
 COLUMNS = ["dataset", "run", "model", "backbone", "LargeFOV", "ASPP", "MSC", "pretrained", "augmentation", "LR policy",
            "iterations", "mIoU", "mIoU + CRF"]
 ASPP = {"aspp_s": "ASPP-S", "aspp_l": "ASPP-L"}
@@ -81,26 +80,27 @@ def experiment_rows(experiment: str) -> list[dict]:
         token = page.token
         if not token:
             break
-    rows = [run_row(r) for r in runs if r.data.tags.get(KIND_TAG) != "comparison" and "model.name" in r.data.params]
+    rows = [run_row(r) for r in runs if r.data.tags.get(tracking.KIND_TAG) != "comparison" and "model.name" in r.data.params]
     if not rows:
         raise ValueError(f"experiment {experiment!r} has no training runs to compare")
     return sorted(rows, key=lambda row: row["dataset"])  # stable: by start time within a dataset
 
 
-def render(rows: list[dict], fmt: str) -> str:
+def render(rows: list[dict], fmt: str, columns: list[str] = COLUMNS) -> str:
+    """The rows as a Markdown, CSV or HTML table of `columns` (also `pipelines.monitor`'s)."""
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>\n"
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in columns) + "</tr>\n"
                        for r in rows)
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +122,7 @@ def log_comparison(experiment: str, rows: list[dict]) -> str | None:
     try:
         experiment_id = MlflowClient().get_experiment_by_name(experiment).experiment_id
         with mlflow.start_run(experiment_id=experiment_id, run_name="comparison",
-                              tags={KIND_TAG: "comparison"}) as active, tempfile.TemporaryDirectory() as tmp:
+                              tags={tracking.KIND_TAG: "comparison"}) as active, tempfile.TemporaryDirectory() as tmp:
             for fmt in ("md", "csv", "html"):
                 with open(os.path.join(tmp, f"comparison.{fmt}"), "w") as f:
                     f.write(render(rows, fmt))

@@ -62,3 +62,50 @@ def overlay_images(model, rows: list[dict], spec: dict, directory: str) -> list[
             f.write(encode_png(np.concatenate([image, blended], axis=1)))
         paths.append(path)
     return paths
+
+
+def distribution_plot(current, path: str, reference=None) -> str:
+    """A batch run's class pixel shares and confidence histogram (`deeplab_core.monitoring.Distributions`),
+    beside a reference's when given."""
+    names = list(current.class_share)
+    fig, (classes, confidence) = plt.subplots(1, 2, figsize=(max(8, 0.35 * len(names) + 5), 3.8))
+    x = np.arange(len(names))
+    sides = [("this run", current)] + ([("reference", reference)] if reference is not None else [])
+    width = 0.8 / len(sides)
+    for k, (label, d) in enumerate(sides):
+        classes.bar(x + (k - (len(sides) - 1) / 2) * width, [100 * d.class_share.get(n, 0) for n in names], width,
+                    label=label)
+        bins = np.arange(len(d.confidence_histogram)) / len(d.confidence_histogram)
+        confidence.step(bins, [100 * v for v in d.confidence_histogram], where="post", label=label)
+    classes.set_xticks(x, names, rotation=90, fontsize=7)
+    classes.set_ylabel("pixels (%)")
+    classes.set_title("class shares")
+    confidence.set_xlabel("top class probability")
+    confidence.set_ylabel("pixels (%)")
+    confidence.set_title("confidence")
+    for ax in (classes, confidence):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def review_sheet(items: list[dict], path: str, thumb: int = 256) -> str:
+    """One image for a person to look at: per item (least confident first) its overlay and, when
+    given, its confidence map (dark: unsure), titled with its path and mean confidence. Items:
+    {"title", "overlay" H×W×3 uint8, "confidence" H×W uint8 or None}."""
+    columns = 2 if any(item["confidence"] is not None for item in items) else 1
+    fig, axes = plt.subplots(len(items), columns, figsize=(3.2 * columns, 2.6 * len(items)), squeeze=False)
+    for row, item in zip(axes, items):
+        row[0].imshow(item["overlay"])
+        row[0].set_title(item["title"], fontsize=7)
+        if columns == 2 and item["confidence"] is not None:
+            row[1].imshow(item["confidence"], cmap="gray", vmin=0, vmax=255)
+            row[1].set_title("confidence", fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=min(100, max(40, thumb // 3)))
+    plt.close(fig)
+    return path

@@ -21,23 +21,30 @@ The last stdout line is a JSON summary: images, errors, skipped, output.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import posixpath
+import tempfile
 import time
 import warnings
 
 import numpy as np
+from PIL import Image
 
 from deeplab_core.checkpoint import load_model
 from deeplab_core.crf import BACKENDS, CRF_PRESETS, PYDENSECRF_MISSING, CRFParams, pydensecrf_installed
 from deeplab_core.data.codec import MAX_PIXELS
+from deeplab_core.data.labels import label_set_of
+from deeplab_core.data.photos import decode_photo
 from deeplab_core.inference import SCALE_TOLERANCE, SCALES, Tiling
+from deeplab_core.monitoring import Distributions, NightStatistics, image_confidence
 from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
+from pipelines.lease import OutputLease
 from pipelines.model_uri import download_model
-from pipelines.segmentation import (UNAVAILABLE, LabelStage, ModelStage, commit, mask_path, processed_versions,
-                                    read_and_decode, write_outputs)
+from pipelines.segmentation import (EMPTY_MASK, UNAVAILABLE, LabelStage, ModelStage, commit, confidence_path, mask_path,
+                                    processed_versions, read_and_decode, write_outputs)
 
 EXPERIMENT = "batch-segmentation"
 CRF_MAX_PIXELS = 500_000  # a 12 Mpx photo is refined at ~2.7× the cost of a 500×375 VOC image
@@ -127,31 +134,45 @@ def list_inputs(input_uri: str, extensions: tuple[str, ...]) -> tuple[list[dict]
 
 
 def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_classes: int, backend: str) -> dict:
-    return {**item, "decode_ms": 0.0, "model_ms": 0.0, "crf_ms": 0.0, "mask_uri": "", "height": 0, "width": 0,
-            "class_pixels": [0] * num_classes, "write_ms": 0.0, "status": "error", "error": error,
+    """The summary row of an input refused before the graph, with every column a processed row has
+    (a summary part's schema comes from its first row)."""
+    return {**item, "orientation": 0, "frames": 0, "scale": 0.0, "tile": 0, "decode_ms": 0.0, "model_ms": 0.0,
+            "crf_ms": 0.0, "mask_uri": "", "height": 0, "width": 0, "crf_scale": 0.0, "class_pixels": [0] * num_classes,
+            **image_confidence(EMPTY_MASK, EMPTY_MASK), "write_ms": 0.0, "status": "error", "error": error,
             "model_uri": model_uri, "crf_params": json.dumps(crf, sort_keys=True) if crf else "",
             "crf_backend": backend if crf else ""}
 
 
 def segment(args, crf: dict | None) -> dict:
-    start = time.perf_counter()
+    """The run, holding the output's lease (`pipelines.lease`): a second run on the same output refuses."""
     output = storage.absolute(args.output)
     storage.check_writable(output)
+    run_name = f"segment-{time.strftime('%Y%m%d-%H%M%S')}"
+    with OutputLease(output, run_name) as lease:
+        if lease.took_over:
+            log(f"segment: the output's lease of run {lease.took_over.get('run')} had expired: taken over")
+        return segment_output(args, crf, output, run_name)
+
+
+def segment_output(args, crf: dict | None, output: str, run_name: str) -> dict:
+    start = time.perf_counter()
     model_dir = download_model(args.model)
     _, spec = load_model(model_dir)  # fail here, once, with a clear message, not in every actor
     if args.cityscapes_label_ids and spec.get("dataset") != "cityscapes":
         raise ValueError(f"--cityscapes-label-ids: model {args.model} predicts {spec.get('dataset')}, not cityscapes")
     extensions = tuple(e if e.startswith(".") else "." + e for e in args.extensions.lower().split(","))
     items, refused = list_inputs(storage.absolute(args.input), extensions)
-    if args.force:
+    if args.force:  # the record afresh; the lease beside it stays
         for part in ("_manifest", "summary"):
-            storage.delete(storage.join(output, part))
+            for path in storage.list_files(storage.join(output, part), (".parquet",)):
+                storage.delete(path)
     done = processed_versions(output)
     todo = [i for i in items if done.get(i["source"]) != i["version"]]
     refused = [c for c in refused if done.get(c["source"]) != c["version"]]
     skipped = len(items) - len(todo)
     log(f"segment: {len(items)} images under {args.input}, {skipped} already processed, {len(todo)} to do")
 
+    night = NightStatistics(list(label_set_of(spec).classes), args.review)
     gpus = False
     if todo:
         import ray
@@ -161,6 +182,8 @@ def segment(args, crf: dict | None) -> dict:
     backend = crf_backend(args.crf_backend, gpus)
     rows = [error_row({k: v for k, v in c.items() if k != "error"}, c["error"], args.model, crf,
                       spec["num_classes"], backend) for c in refused]
+    for row in rows:
+        night.add(row)
     stage_ms = {k: 0.0 for k in ("decode_ms", "model_ms", "crf_ms", "write_ms")}
     counts = {"ok": 0, "error": len(rows)}
     if todo:
@@ -168,6 +191,7 @@ def segment(args, crf: dict | None) -> dict:
             if row["status"] == UNAVAILABLE:
                 raise storage.StorageUnavailable(row["error"])
             rows.append(row)
+            night.add(row)
             counts[row["status"]] += 1
             for k in stage_ms:
                 stage_ms[k] += row[k]
@@ -183,7 +207,9 @@ def segment(args, crf: dict | None) -> dict:
     summary = {"images": counts["ok"], "errors": counts["error"], "skipped": skipped, "output": args.output,
                "seconds": round(elapsed, 2), "images_per_s": round(counts["ok"] / elapsed, 3),
                **{k: round(v / max(1, done_images), 1) for k, v in stage_ms.items()}}
-    log_run(args, crf, backend, summary)
+    settings = {"model_uri": args.model, "crf": json.dumps(crf, sort_keys=True) if crf else "none",
+                "scale": str(args.scale)}
+    log_run(args, run_name, crf, backend, summary, night, night.distributions(summary["images_per_s"], settings))
     return summary
 
 
@@ -217,7 +243,8 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
                                                            else "in a CPU actor pool"))
     ds = ds.map_batches(write_outputs, fn_kwargs={
         "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
-        "model_uri": args.model, "crf": crf, "crf_backend": backend, "crf_max_pixels": args.crf_max_pixels},
+        "model_uri": args.model, "crf": crf, "crf_backend": backend, "crf_max_pixels": args.crf_max_pixels,
+        "confidence_maps": args.confidence, "low_confidence": args.low_confidence},
         batch_size=8, num_cpus=0.5)
     progress = Progress("segment", len(todo), "images")
     for done, row in enumerate(ds.iter_rows(), 1):
@@ -225,24 +252,70 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
         yield {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}
 
 
-def log_run(args, crf: dict | None, backend: str, summary: dict) -> None:
-    """One MLflow run per batch job; an unreachable tracking server costs a warning, not the job."""
+def log_run(args, run_name: str, crf: dict | None, backend: str, summary: dict, night: NightStatistics,
+            distributions: Distributions) -> None:
+    """One MLflow run per batch job, tagged with its job (`--job`) for `pipelines.monitor`: params,
+    the summary, the run's distributions (class shares, confidence histogram as `confidence_histogram`
+    by step = bin, error rate) as metrics and as distributions.json, a plot of them, and a review sheet
+    of the least confident images. An unreachable tracking server costs a warning, not the job."""
     import mlflow
 
     try:
         experiment_id = tracking.setup(EXPERIMENT)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"segment-{time.strftime('%Y%m%d-%H%M%S')}"):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                              tags={tracking.KIND_TAG: "segment", tracking.JOB_TAG: args.job or args.model}):
             mlflow.log_params({"model_uri": args.model, "input": args.input, "output": args.output,
                                "tta_scales": ",".join(map(str, args.tta_scales)), "tta_flip": args.tta_flip,
                                "scale": args.scale, "crf_max_pixels": args.crf_max_pixels, **{
                                    f"tiling.{k}": v for k, v in tiling(args).items()},
                                "orientation": "sensor" if args.keep_sensor_orientation else "exif",
+                               "confidence_maps": args.confidence, "low_confidence": args.low_confidence,
                                **({f"crf.{k}": v for k, v in crf.items()} | {"crf_backend": backend}
                                   if crf else {"crf": "none"})})
-            mlflow.log_metrics({k: float(v) for k, v in summary.items() if k != "output"})
+            d = distributions
+            mlflow.log_metrics({**{k: float(v) for k, v in summary.items() if k != "output"},
+                                "error_rate": d.error_rate, "pixels": float(d.pixels),
+                                "mean_confidence": d.mean_confidence, "low_confidence_fraction": d.low_confidence_fraction,
+                                "mean_entropy": d.mean_entropy,
+                                **{f"class_share.{metric_name(n)}": v for n, v in d.class_share.items()},
+                                **{f"class_images.{metric_name(n)}": v for n, v in d.class_images.items()}})
+            for step, share in enumerate(d.confidence_histogram):
+                mlflow.log_metric("confidence_histogram", share, step=step)
+            from pipelines.reports import distribution_plot, review_sheet
+
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "distributions.json"), "w") as f:
+                    json.dump(d.to_dict(), f, indent=1)
+                distribution_plot(d, os.path.join(tmp, "distributions.png"))
+                least = night.least_confident()
+                if least:
+                    review_sheet([review_item(row, args) for row in least], os.path.join(tmp, "least_confident.png"))
+                mlflow.log_artifacts(tmp)
     except Exception as e:
         warnings.warn(f"MLflow: batch-segmentation run not logged: {type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}", RuntimeWarning, stacklevel=2)
+
+
+def metric_name(class_name: str) -> str:
+    return class_name.replace(" ", "_")
+
+
+def review_item(row: dict, args, side: int = 320) -> dict:
+    """A least-confident image as the review sheet shows it: its overlay (re-read from the input and
+    the written mask, shrunk to `side` pixels) and its confidence map when --confidence wrote one."""
+    photo = decode_photo(storage.read_bytes(row["source"]), args.max_pixels, not args.keep_sensor_orientation)
+    written = Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"])))
+    mask, palette = np.array(written), written.getpalette()  # palette indices are the class ids
+    shrink = max(1, max(mask.shape) // side)
+    image, mask = photo.pixels[::shrink, ::shrink], mask[::shrink, ::shrink]
+    confidence = None
+    if args.confidence:
+        uri = storage.join(storage.absolute(args.output), confidence_path(row["relative"]))
+        confidence = np.array(Image.open(io.BytesIO(storage.read_bytes(uri))))[::shrink, ::shrink]
+    colours = np.array(palette[:768], np.uint8).reshape(-1, 3) if palette else None
+    overlay = image if colours is None else (0.5 * image + 0.5 * colours[mask]).astype(np.uint8)
+    return {"title": f"{row['relative']}: confidence {row['mean_confidence']:.2f}", "overlay": overlay,
+            "confidence": confidence}
 
 
 def tiling(args) -> dict:
@@ -296,6 +369,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     tiles.add_argument("--tile-above", type=int, default=Tiling.above, metavar="PIXELS",
                        help="tile frames larger than this many pixels at the network's scale (default %(default)s, "
                             "2048×2048)")
+    watch = p.add_argument_group("how the night went, without labels (pipelines.monitor compares nights)")
+    watch.add_argument("--confidence", action="store_true",
+                       help="also write confidence/<path>.png: 8-bit, 255 × each pixel's top class probability (after "
+                            "the CRF its marginal). The summary rows carry confidence statistics either way")
+    watch.add_argument("--low-confidence", type=float, default=0.5, metavar="P",
+                       help="pixels whose top probability is under P count as low-confidence (default %(default)s)")
+    watch.add_argument("--job", help="the nightly job this run belongs to, tagged on its MLflow run so that monitor "
+                                     "compares it with its own earlier nights only (default: the --model URI)")
+    watch.add_argument("--review", type=int, default=8, metavar="N",
+                       help="the N least confident images go into the run's review sheet (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo every image, not only new or changed ones")
     p.add_argument("--overlays", action="store_true", help="also write colour overlays/<path>.jpg")
     p.add_argument("--cityscapes-label-ids", action="store_true",
@@ -317,6 +400,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
                  "crf_max_pixels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.low_confidence <= 1:
+        p.error(f"--low-confidence must be in (0, 1], got {args.low_confidence}")
+    if args.review < 0:
+        p.error(f"--review must be >= 0, got {args.review}")
     try:
         Tiling(**tiling(args))
     except ValueError as e:

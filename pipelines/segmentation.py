@@ -36,8 +36,10 @@ from deeplab_core.crf import CRFParams
 from deeplab_core.data.codec import DecodeError, encode_jpeg, encode_png
 from deeplab_core.data.labels import cityscapes_to_label_ids, label_set_of
 from deeplab_core.data.photos import decode_photo
-from deeplab_core.inference import (Tiling, coarse_scores, crf_scale, halving_on_oom, inference_size,
-                                    label_map, label_maps_on_device, ran_out_of_memory, resize_images, tiled_coarse_scores)
+from deeplab_core.inference import (Masks, Tiling, coarse_scores, crf_scale, halving_on_oom, image_masks,
+                                    inference_size, label_maps_on_device, ran_out_of_memory, resize_images,
+                                    tiled_coarse_scores)
+from deeplab_core.monitoring import image_confidence
 from pipelines import storage
 
 MANIFEST_DIR = "_manifest"
@@ -56,6 +58,11 @@ UNAVAILABLE = "unavailable"
 def mask_path(relative: str) -> str:
     """masks/<relative path without its extension>.png"""
     return posixpath.join("masks", posixpath.splitext(relative)[0] + ".png")
+
+
+def confidence_path(relative: str) -> str:
+    """confidence/<relative path without its extension>.png: 8-bit, 255 × each pixel's top probability."""
+    return posixpath.join("confidence", posixpath.splitext(relative)[0] + ".png")
 
 
 def _ms(start: float) -> float:
@@ -144,7 +151,8 @@ class ModelStage:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
-        coarse, masks, model_ms, crf_ms = [EMPTY_SCORES] * n, [EMPTY_MASK] * n, [0.0] * n, [0.0] * n
+        coarse, model_ms, crf_ms = [EMPTY_SCORES] * n, [0.0] * n, [0.0] * n
+        masks, confidence, entropy = [EMPTY_MASK] * n, [EMPTY_MASK] * n, [EMPTY_MASK] * n
         status, errors, scale, tiles = list(batch["status"]), list(batch["error"]), [0.0] * n, [0] * n
         groups: dict[tuple, list[int]] = {}
         for i in range(n):
@@ -170,13 +178,14 @@ class ModelStage:
                 for k, i in enumerate(rows):
                     model_ms[i], scale[i], tiles[i] = model_ms_each, image_scale, tile
                     if self.masks:
-                        masks[i], crf_ms[i] = out[k], crf_ms_each
+                        masks[i], confidence[i], entropy[i] = out.labels[k], out.confidence[k], out.entropy[k]
+                        crf_ms[i] = crf_ms_each
                     else:
                         coarse[i] = out[k]
         common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale, "tile": tiles}
         if self.masks:
             kept = {k: v for k, v in batch.items() if self.keep_image or k != "image"}
-            return {**kept, **common, "mask": masks, "crf_ms": crf_ms}
+            return {**kept, **common, "mask": masks, "confidence": confidence, "entropy": entropy, "crf_ms": crf_ms}
         return {**batch, **common, "coarse": coarse}
 
 
@@ -185,7 +194,8 @@ CRF_TILE_AFTER_OUT_OF_MEMORY = 1024
 
 
 class LabelStage:
-    """Actor (CPU): coarse scores -> mask, through the dense CRF (`crf_backend`) unless `crf` is None;
+    """Actor (CPU): coarse scores -> mask and confidence, through the dense CRF (`crf_backend`) unless
+    `crf` is None;
     tiled frames (row `tile` > 0) are refined tile by tile, and a frame out of memory is retried so."""
 
     def __init__(self, crf: dict | None, keep_image: bool, crf_backend: str = "pydensecrf",
@@ -194,41 +204,46 @@ class LabelStage:
         self.crf = CRFParams(**crf) if crf is not None else None
         self.keep_image, self.crf_backend, self.crf_max_pixels = keep_image, crf_backend, crf_max_pixels
 
-    def _mask(self, image: np.ndarray, coarse: np.ndarray, tile: int | None) -> tuple[np.ndarray, str]:
-        """The mask and "", or an empty mask and the error line. A whole frame out of memory: once more
-        tile by tile."""
+    def _masks(self, image: np.ndarray, coarse: np.ndarray, tile: int | None) -> tuple[Masks | None, str]:
+        """The image's `Masks` and "", or None and the error line. A whole frame out of memory: once
+        more tile by tile."""
         for attempt in (tile,) if tile else (None, CRF_TILE_AFTER_OUT_OF_MEMORY):
             try:
-                return label_map(image, coarse, self.crf, self.crf_backend, self.crf_max_pixels, attempt), ""
+                return image_masks(image, coarse, self.crf, self.crf_backend, self.crf_max_pixels, attempt), ""
             except (RuntimeError, ValueError, MemoryError) as e:
                 if not ran_out_of_memory(e):
-                    return EMPTY_MASK, f"crf: {str(e).splitlines()[0][:300]}"
-        return EMPTY_MASK, f"crf: out of memory at {image.shape[0]}×{image.shape[1]}"
+                    return None, f"crf: {str(e).splitlines()[0][:300]}"
+        return None, f"crf: out of memory at {image.shape[0]}×{image.shape[1]}"
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["source"])
-        masks, crf_ms = [EMPTY_MASK] * n, [0.0] * n
-        status, errors = list(batch["status"]), list(batch["error"])
+        maps = {key: [EMPTY_MASK] * n for key in ("mask", "confidence", "entropy")}
+        crf_ms, status, errors = [0.0] * n, list(batch["status"]), list(batch["error"])
         for i in range(n):
             if status[i] != "ok":
                 continue
             start = time.perf_counter()
-            masks[i], error = self._mask(batch["image"][i], batch["coarse"][i], int(batch["tile"][i]) or None)
+            masks, error = self._masks(batch["image"][i], batch["coarse"][i], int(batch["tile"][i]) or None)
             if error:
                 status[i], errors[i] = "error", error
+            else:
+                maps["mask"][i], maps["confidence"][i], maps["entropy"][i] = masks.labels, masks.confidence, masks.entropy
             crf_ms[i] = _ms(start)
         out = {k: v for k, v in batch.items() if k != "coarse" and (self.keep_image or k != "image")}
-        return {**out, "mask": masks, "crf_ms": crf_ms, "status": status, "error": errors}
+        return {**out, **maps, "crf_ms": crf_ms, "status": status, "error": errors}
 
 
 def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlays: bool,
-                  model_uri: str, crf: dict | None, crf_backend: str = "", crf_max_pixels: int | None = None) -> dict:
-    """Ray Data task: write each mask (and overlay) atomically; return the summary rows."""
+                  model_uri: str, crf: dict | None, crf_backend: str = "", crf_max_pixels: int | None = None,
+                  confidence_maps: bool = False, low_confidence: float = 0.5) -> dict:
+    """Ray Data task: write each mask (and overlay, and confidence map) atomically; return the summary
+    rows, with each image's confidence statistics (`deeplab_core.monitoring.image_confidence`)."""
     labels = label_set_of(spec)
     palette = labels.flat_palette()
     n = len(batch["source"])
     status, errors = list(batch["status"]), list(batch["error"])
-    rows = {k: [] for k in ("mask_uri", "height", "width", "crf_scale", "class_pixels", "write_ms")}
+    rows = {k: [] for k in ("mask_uri", "height", "width", "crf_scale", "class_pixels", "mean_confidence",
+                            "low_confidence_fraction", "mean_entropy", "confidence_histogram", "write_ms")}
     for i in range(n):
         start = time.perf_counter()
         mask, uri = batch["mask"][i], ""
@@ -241,6 +256,9 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
                     blended = labels.blend(batch["image"][i], mask)
                     relative = posixpath.splitext(batch["relative"][i])[0] + ".jpg"
                     storage.write_bytes(storage.join(output, "overlays", relative), encode_jpeg(blended))
+                if confidence_maps:
+                    storage.write_bytes(storage.join(output, confidence_path(batch["relative"][i])),
+                                        encode_png(batch["confidence"][i]))
             except storage.StorageUnavailable as e:
                 status[i], errors[i], uri = UNAVAILABLE, str(e), ""
         rows["mask_uri"].append(uri)
@@ -250,6 +268,9 @@ def write_outputs(batch: dict, output: str, spec: dict, label_ids: bool, overlay
                                  if crf and mask.ndim == 2 and mask.size else 0.0)
         rows["class_pixels"].append(np.bincount(mask.ravel(), minlength=labels.num_classes).astype(np.int64)
                                     if uri else np.zeros(labels.num_classes, np.int64))
+        stats = image_confidence(batch["confidence"][i] if uri else EMPTY_MASK, batch["entropy"][i], low_confidence)
+        for key, value in stats.items():
+            rows[key].append(value)
         rows["write_ms"].append(_ms(start))
     keep = ("source", "relative", "version", "orientation", "frames", "scale", "tile", "decode_ms", "model_ms",
             "crf_ms")

@@ -148,6 +148,37 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.remove(tmp)
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create the file, content and all, only if nothing is there (S3: a PUT with `If-None-Match: *`;
+    local: a hard link of a written temp file): True when this call created it, False when it existed."""
+    if is_s3(uri):
+        import boto3
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        try:
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise unavailable(uri, "cannot write", OSError(str(e))) from None
+        except EndpointConnectionError as e:
+            raise unavailable(uri, "cannot write", OSError(str(e))) from None
+        return True
+    _, path = resolve(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:  # a hard link is created whole or not at all, and never over an existing file
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+    return True
+
+
 def delete(uri: str) -> None:
     """Delete a file or a whole directory/prefix; missing is fine."""
     fs, path = resolve(uri)

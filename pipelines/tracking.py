@@ -20,6 +20,12 @@ DEFAULT_DIR = "mlruns"
 RUN_NAME_TAG = "deeplab.run_name"
 
 
+# What a run in a shared experiment is: "segment", "monitor", "comparison" (training runs have none).
+KIND_TAG = "deeplab.kind"
+# The nightly job a segment run belongs to (`segment --job`): monitor compares a run with its own job's.
+JOB_TAG = "deeplab.job"
+
+
 def tracking_uri(uri: str | None = None) -> str:
     """The given URI, else MLFLOW_TRACKING_URI, else the embedded default ./mlruns/mlflow.db."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -64,6 +64,43 @@ def save_random_voc_model(directory: Path) -> Path:
     return directory
 
 
+def save_colour_voc_model(directory: Path, temperature: float = 3.0) -> Path:
+    """A VOC model that sees what the synthetic scenes hold, without training: deeplabv2_vgg16_largefov
+    whose convolutions pass the input colour through (centre taps, a bias keeping it above ReLU's zero)
+    and whose classifier picks the nearest class colour (each synthetic class's hue, grey for the
+    background) at `temperature`. Its class shares follow the scenes' contents and its confidence drops
+    on blurred, noisy photos, as a trained model's do."""
+    import numpy as np
+    import torch
+
+    from deeplab_core.checkpoint import save_model
+    from deeplab_core.data.labels import VOC
+    from deeplab_core.data.synth import appearance
+    from deeplab_core.models import build_model
+    from deeplab_core.models.segmentation import input_normalization
+
+    model = build_model("deeplabv2_vgg16_largefov", VOC.num_classes)
+    norm = input_normalization(model)
+    colours = np.array([(110.0, 110.0, 110.0)] + [appearance(k).rgb for k in range(1, VOC.num_classes)])
+    centres = (colours / norm.scale - np.array(norm.mean)) / np.array(norm.std) + 4.0  # as the layers carry it
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs[:-1]:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for c in range(3):
+                conv.weight[c, c, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
+        convs[0].bias[:3] = 4.0
+        classifier = convs[-1]
+        classifier.weight.zero_()
+        classifier.weight[:, :3, classifier.kernel_size[0] // 2, classifier.kernel_size[1] // 2] = \
+            torch.tensor(temperature * centres, dtype=torch.float32)
+        convs[-1].bias.copy_(torch.tensor(-temperature * (centres ** 2).sum(1) / 2, dtype=torch.float32))
+    save_model(directory, model, {"name": "deeplabv2_vgg16_largefov", "num_classes": VOC.num_classes, "options": {},
+                                  "msc_scales": None, **VOC.to_dict()})
+    return directory
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return save_random_voc_model(tmp_path_factory.mktemp("model") / "checkpoint_00000100")

@@ -13,7 +13,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from infra.local_stack import free_port
-from pipelines import segment, train
+from pipelines import monitor, segment, train
 from pipelines.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,9 +120,12 @@ def test_nightly_schedule_creates_a_segmentation_rayjob():
     assert command[:3] == ["kubectl", "create", "-f"]
     rayjob = yaml.safe_load(docs["ConfigMap"]["data"][Path(command[3]).name])
     assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["generateName"]  # a new job every night
-    argv = shlex.split(rayjob["spec"]["entrypoint"].replace("$(date +%F)", "2026-11-24"))
+    segment_line, monitor_line = rayjob["spec"]["entrypoint"].replace("$(date +%F)", "2026-11-24").split(" && ")
+    argv = shlex.split(segment_line)
     assert argv[:3] == ["python", "-m", "pipelines.segment"]
     check_segment_command(argv[3:])
+    argv = shlex.split(monitor_line)  # then the night against the job's earlier ones
+    assert argv[:3] == ["python", "-m", "pipelines.monitor"] and monitor.parse_args(argv[3:]).window == 7
 
 
 def test_dockerfile_installs_the_project_with_its_pins_on_a_cuda_base():

@@ -29,14 +29,19 @@ def test_a_resampled_window_is_that_window_of_the_bilinear_resize(size):
                                    atol=1e-5, rtol=0)
 
 
-def test_the_most_likely_class_band_by_band_equals_the_full_size_argmax(monkeypatch):
+def test_masks_band_by_band_equal_the_full_size_maps(monkeypatch):
+    """Labels, confidence (255 × the top probability) and entropy (255 × H / log C) of the bilinear
+    resize, made four rows at a time, equal those of the full-size map."""
     scores = torch.randn(2, 5, 6, 8) * 3
-    want = F.interpolate(scores, size=(45, 61), mode="bilinear", align_corners=False).softmax(1).argmax(1)
-    monkeypatch.setattr(resample_module, "BAND_VALUES", 2 * 5 * 61 * 4)  # four rows a band
+    probs = F.interpolate(scores, size=(45, 61), mode="bilinear", align_corners=False).softmax(1)
+    entropy = -(probs * probs.log()).sum(1) / np.log(5)
     monkeypatch.setattr("deeplab_core.inference.masks.BAND_VALUES", 2 * 5 * 61 * 4)
+    monkeypatch.setattr(resample_module, "BAND_VALUES", 2 * 5 * 61 * 4)
     got = most_likely(scores, (45, 61), softmax=True)
-    assert got.dtype == torch.uint8 and tuple(got.shape) == (2, 45, 61)
-    assert (got == want).float().mean() > 0.999  # float rounding may flip a near-tie
+    assert got.labels.dtype == np.uint8 and got.labels.shape == (2, 45, 61)
+    assert np.mean(got.labels == probs.argmax(1).numpy()) > 0.999  # float rounding may flip a near-tie
+    assert np.abs(got.confidence.astype(int) - (255 * probs.max(1).values).round().numpy()).max() <= 1
+    assert np.abs(got.entropy.astype(int) - (255 * entropy).round().numpy()).max() <= 1
 
 
 def test_windows_cover_the_frame_and_crf_tiles_partition_it():

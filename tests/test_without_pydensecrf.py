@@ -21,9 +21,10 @@ SCRIPT = textwrap.dedent("""
     from deeplab_core.crf import pydensecrf_installed
     from deeplab_core.data.synth import write_voc
     from pipelines import crf_search, evaluate, preprocess, segment
-    from pipelines.cli import run
+    from pipelines.cli import init_ray, run
     from tests.conftest import save_random_voc_model
 
+    init_ray(min_cpus=4)  # the CLIs share one Ray here: room for model and CRF actors and the tasks feeding them
     work = Path(sys.argv[1])
     found = {"installed": pydensecrf_installed()}
     write_voc(work / "raw", train=2, val=3, seed=2, size=(64, 48), classes=4)
@@ -41,7 +42,7 @@ SCRIPT = textwrap.dedent("""
                                      for r in rs}) for name, rs in runs.items() if rs}
     found["asked_for_pydensecrf"] = run(segment.main, ["--model", model, "--input", images, "--output",
                                                        str(work / "seg2"), "--crf-backend", "pydensecrf"])
-    print(json.dumps(found))
+    print(json.dumps(found), file=sys.__stdout__, flush=True)  # the CLIs point sys.stdout at stderr
 """)
 
 
@@ -52,7 +53,7 @@ def test_without_pydensecrf_the_crf_runs_in_pytorch(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), str(ROOT)]),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": "local"}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
-                            env=env, timeout=600)
+                            env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["installed"] is False

@@ -47,18 +47,13 @@ def row_bands(height: int, values_per_row: int) -> list[tuple[int, int]]:
     return [(y, min(y + step, height)) for y in range(0, height, step)]
 
 
-def argmax_resampled(scores: torch.Tensor, size: tuple[int, int], softmax: bool = False) -> torch.Tensor:
-    """N×C×h×w scores -> N×size uint8: the most likely class of each pixel of their bilinear resize
-    (after a softmax over C when `softmax`, as the probabilities are compared), band by band."""
-    if tuple(scores.shape[-2:]) == tuple(size):
-        return (scores.softmax(1) if softmax else scores).argmax(1).to(torch.uint8)
+def resampled_bands(scores: torch.Tensor, size: tuple[int, int]):
+    """Yield (start, stop, band): the bilinear resize of N×C×h×w `scores` to `size`, a band of rows at a
+    time, each of at most BAND_VALUES values."""
     n, c, _, width = scores.shape
-    out = torch.empty((n, *size), dtype=torch.uint8, device=scores.device)
     columns = torch.arange(width, device=scores.device, dtype=torch.float64)
     for r0, r1 in row_bands(size[0], n * c * size[1]):
         # The band's rows sampled on the coarse grid, then its columns by F.interpolate (a row scale
         # of 1 leaves the rows as they are): the wide step fused in one kernel.
         rows = sample(scores, source_positions(size[0], scores.shape[-2], r0, r1, scores.device), columns)
-        band = F.interpolate(rows, size=(r1 - r0, size[1]), mode="bilinear", align_corners=False)
-        out[:, r0:r1] = (band.softmax(1) if softmax else band).argmax(1)
-    return out
+        yield r0, r1, F.interpolate(rows, size=(r1 - r0, size[1]), mode="bilinear", align_corners=False)
