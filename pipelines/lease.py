@@ -4,7 +4,8 @@ A run creates `_manifest/_lease.json` with a conditional write (S3 `If-None-Matc
 exclusive hard link), so of two runs starting together exactly one gets it; the other refuses in one
 line naming the holder. The holder renews it every RENEW_S seconds while it lives and deletes it at
 the end. A lease not renewed for EXPIRY_S seconds belongs to a run that crashed (or whose machine
-did): the next run takes it over, so a crash never blocks the next night. (Two runs that find the
+did), and so does one whose run was on this machine and is no longer alive: the next run takes it
+over, so a crash never blocks the next night. (Two runs that find the
 same expired lease within the same moment may both take it over: the one case left to the operator.)
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 
 from pipelines import storage
 
@@ -49,11 +51,26 @@ class OutputLease:
         except (storage.StorageError, ValueError):  # gone meanwhile, or torn by a crash mid-write
             return None
 
+    def _abandoned(self, held: dict | None) -> bool:
+        """A lease not renewed for expiry_s, or one whose run was on this machine and is gone (a rerun
+        right after a kill or an outage need not wait out the expiry)."""
+        if not held or "renewed" not in held or time.time() - held["renewed"] > self.expiry_s:
+            return True
+        if held.get("host") != self.holder["host"]:
+            return False
+        try:
+            os.kill(int(held["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, KeyError):
+            return False
+        return False
+
     def acquire(self) -> None:
         if not storage.create_exclusive(self.uri, self._body()):
             held = self._current()
-            age = time.time() - held["renewed"] if held and "renewed" in held else float("inf")
-            if age <= self.expiry_s:
+            if not self._abandoned(held):
+                age = time.time() - held["renewed"]
                 raise OutputBusy(f"{self.uri.rsplit('/_manifest/', 1)[0]} is held by run {held.get('run')} "
                                  f"(host {held.get('host')}, pid {held.get('pid')}, renewed {age:.0f} s ago); "
                                  f"a lease not renewed for {self.expiry_s:.0f} s is taken over")
@@ -78,9 +95,13 @@ class OutputLease:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        held = self._current()
-        if held is not None and held.get("id") == self.holder["id"]:
-            storage.delete(self.uri)
+        try:
+            held = self._current()
+            if held is not None and held.get("id") == self.holder["id"]:
+                storage.delete(self.uri)
+        except (storage.StorageError, OSError) as e:  # the store is down: the lease ends with its expiry
+            warnings.warn(f"{self.uri}: lease not released ({str(e).splitlines()[0][:200]})", RuntimeWarning,
+                          stacklevel=2)
 
     def __enter__(self) -> OutputLease:
         self.acquire()

@@ -3,6 +3,9 @@ conditional writes as real S3 does them), including the takeover of a crashed ru
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -65,6 +68,16 @@ def test_a_crashed_runs_lease_is_taken_over_and_a_live_one_is_renewed(output):
         assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["renewed"] > first
     finally:
         lease.release()
+
+
+def test_the_lease_of_a_run_gone_from_this_machine_is_taken_over_at_once(output):
+    """A rerun right after a kill (or an outage that kept the lease from being released) need not wait."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = {"run": "segment-killed", "host": socket.gethostname(), "pid": int(gone.stdout), "id": "x",
+            "renewed": time.time()}
+    storage.write_bytes(storage.join(output, LEASE), json.dumps(held).encode())
+    with OutputLease(output, "segment-rerun") as lease:
+        assert lease.took_over["run"] == "segment-killed"
 
 
 def test_segment_refuses_an_output_another_run_holds(run, capsys, tmp_path, model_dir):
