@@ -144,24 +144,27 @@ def error_row(item: dict, error: str, model_uri: str, crf: dict | None, num_clas
 
 
 def segment(args, crf: dict | None) -> dict:
-    """The run, holding the output's lease (`pipelines.lease`): a second run on the same output refuses."""
+    """Check the output, the model and the input, then run holding the output's lease
+    (`pipelines.lease`): a second run on the same output refuses, and a refused run writes nothing."""
+    start = time.perf_counter()
     output = storage.absolute(args.output)
     storage.check_writable(output)
-    run_name = f"segment-{time.strftime('%Y%m%d-%H%M%S')}"
-    with OutputLease(output, run_name) as lease:
-        if lease.took_over:
-            log(f"segment: the output's lease of run {lease.took_over.get('run')} had expired: taken over")
-        return segment_output(args, crf, output, run_name)
-
-
-def segment_output(args, crf: dict | None, output: str, run_name: str) -> dict:
-    start = time.perf_counter()
     model_dir = download_model(args.model)
     _, spec = load_model(model_dir)  # fail here, once, with a clear message, not in every actor
     if args.cityscapes_label_ids and spec.get("dataset") != "cityscapes":
         raise ValueError(f"--cityscapes-label-ids: model {args.model} predicts {spec.get('dataset')}, not cityscapes")
     extensions = tuple(e if e.startswith(".") else "." + e for e in args.extensions.lower().split(","))
     items, refused = list_inputs(storage.absolute(args.input), extensions)
+    run_name = f"segment-{time.strftime('%Y%m%d-%H%M%S')}"
+    with OutputLease(output, run_name) as lease:
+        if lease.took_over:
+            log(f"segment: the output's lease of run {lease.took_over.get('run')} had expired: taken over")
+        return segment_inputs(args, crf, output, run_name, model_dir, spec, items, refused, start)
+
+
+def segment_inputs(args, crf: dict | None, output: str, run_name: str, model_dir: str, spec: dict,
+                   items: list[dict], refused: list[dict], start: float) -> dict:
+    """The new and changed inputs through the graph, committed as they come back; the MLflow run."""
     if args.force:  # the record afresh; the lease beside it stays
         for part in ("_manifest", "summary"):
             for path in storage.list_files(storage.join(output, part), (".parquet",)):

@@ -107,7 +107,9 @@ def test_cityscapes_label_ids_export_maps_back(tmp_path, capsys, tracking):
              "decode_ms": [0.0] * (len(examples) + 1),
              "model_ms": [0.0] * (len(examples) + 1), "crf_ms": [0.0] * (len(examples) + 1),
              "mask": train_ids + [all_ids], "status": ["ok"] * (len(examples) + 1),
-             "error": [""] * (len(examples) + 1)}
+             "error": [""] * (len(examples) + 1), "tile": [0] * (len(examples) + 1),
+             "confidence": [np.full_like(m, 255) for m in train_ids + [all_ids]],
+             "entropy": [np.zeros_like(m) for m in train_ids + [all_ids]]}
     out = tmp_path / "seg"
     spec = {"num_classes": CITYSCAPES.num_classes, **CITYSCAPES.to_dict()}
     rows = write_outputs(batch, str(out), spec, label_ids=True, overlays=False, model_uri="m", crf=None)
