@@ -5,18 +5,22 @@
 
 Walks --input recursively (JPEG, PNG, HEIC/HEIF, AVIF, WebP, TIFF, BMP, GIF), decodes each image as a
 viewer shows it (EXIF orientation applied, 16-bit and CMYK mapped, transparency over white: see
-deeplab_core/data/photos.py), and for every new or changed image writes --output/masks/<path>.png
-(palette PNG of train ids), optionally overlays/<path>.jpg, and a summary/part-*.parquet row
-(source, EXIF orientation, mask URI, size, per-class pixel counts, model, CRF params, per-stage ms, status, error).
+deeplab_core/data/photos.py), runs the network at the model's training scale (--scale), frames too
+large for one pass in overlapping tiles (--tile), and for every new or changed image writes
+--output/masks/<path>.png (palette PNG of train ids), optionally overlays/<path>.jpg and
+confidence/<path>.png, and a summary/part-*.parquet row (source, EXIF orientation, mask URI, size,
+per-class pixel counts, confidence statistics, model, CRF params, per-stage ms, status, error).
 Inputs already processed (same size and modification time, recorded in --output/_manifest/) are
-skipped; --force redoes everything. Unreadable files get an error row; the rest goes on.
+skipped; --force redoes everything. Unreadable files get an error row; the rest goes on. One run per
+output at a time: a second one refuses (the lease in _manifest/, pipelines/lease.py).
 
 Stages: read + decode (CPU tasks) -> model (actor pool, one GPU per actor when the cluster has GPUs)
 -> dense CRF -> write (CPU tasks). With GPUs the CRF (--crf-backend auto: the torch one) runs in the
 model actors right after the forward pass; on CPU-only clusters a CPU actor pool runs it
-(pydensecrf). Each run is an MLflow run in experiment
-"batch-segmentation". Exit 0 unless the model cannot be loaded or no input could be processed.
-The last stdout line is a JSON summary: images, errors, skipped, output.
+(pydensecrf when installed, else the torch one). Each run is an MLflow run in experiment
+"batch-segmentation", with the night's distributions for `python -m pipelines.monitor`. Exit 0
+unless the model cannot be loaded or no input could be processed; 2 for an unreachable store or an
+output another run holds. The last stdout line is a JSON summary: images, errors, skipped, output.
 """
 from __future__ import annotations
 
@@ -346,7 +350,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--model", required=True, help="checkpoint directory (path or s3://), runs:/<run id>[/path], "
                    "or models:/<name>/<version|latest> / models:/<name>@<alias>")
     p.add_argument("--input", required=True, help="folder or s3:// prefix of images, walked recursively")
-    p.add_argument("--output", required=True, help="folder or s3:// prefix for masks/, overlays/, summary/, _manifest/")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for masks/, overlays/, confidence/, summary/, _manifest/")
     p.add_argument("--extensions", default=EXTENSIONS, help=f"image file extensions (default {EXTENSIONS})")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help="refuse larger images, a guard against decompression bombs (default %(default)s: a 100 Mpx "
@@ -362,12 +366,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--crf-max-pixels", type=int, default=CRF_MAX_PIXELS,
                    help="the dense CRF runs on at most this many pixels: larger images are refined on a "
                         "downscaled copy whose marginals are upsampled (default %(default)s, ~2.7 VOC images)")
-    tiles = p.add_argument_group("frames too large for one pass: overlapping windows, blended scores, CRF per tile")
+    tiles = p.add_argument_group("frames too large for one pass: overlapping windows, cross-faded scores")
     tiles.add_argument("--tile", type=int, metavar="SIZE",
                        help="tile every frame with a side longer than SIZE pixels at the network's scale (default: "
                             f"only frames over --tile-above, in {Tiling.tile}-pixel tiles)")
     tiles.add_argument("--tile-overlap", type=int, default=Tiling.overlap, metavar="PX",
-                       help="pixels by which neighbouring windows overlap; their scores are averaged there "
+                       help="pixels by which neighbouring windows overlap; their scores are cross-faded there "
                             "(default %(default)s)")
     tiles.add_argument("--tile-above", type=int, default=Tiling.above, metavar="PIXELS",
                        help="tile frames larger than this many pixels at the network's scale (default %(default)s, "
