@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test test-fast bench clean stack-up stack-down stack-status
+.PHONY: setup demo test test-fast bench clean stack-up stack-down stack-status gpu-wheels gpu-wheels-check
 
 setup: $(STAMP)
 
@@ -45,6 +45,13 @@ stack-down: $(STAMP)
 
 stack-status: $(STAMP)
 	$(PY) -m infra.local_stack status
+
+# The wheels a GPU machine without a package index needs (Python 3.12; docs/gpu.md), and their check here.
+gpu-wheels:
+	bash infra/gpu_wheels.sh
+
+gpu-wheels-check:
+	bash infra/gpu_wheels_check.sh
 
 clean:
 	rm -rf $(DEMO_DIR) ablation_out .pytest_cache

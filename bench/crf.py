@@ -1,9 +1,12 @@
 """Dense CRF speed: pydensecrf (one CPU core per image, the baseline) against the PyTorch backend
-(`deeplab_core.crf_torch`) on the CPU with --threads threads and, when CUDA is present, on the GPU
-batched. The same VOC-sized images and probabilities for all (500×375, 21 labels, 10 iterations,
+(`deeplab_core.crf.torch_backend`) on the CPU with --threads threads and, when CUDA is present, on the GPU
+batched, both mean-field loops: the reference in PyTorch ops and the Triton kernels that `auto` takes
+on CUDA. The same VOC-sized images and probabilities for all (500×375, 21 labels, 10 iterations,
 the released ResNet-101 setting; `crf_scene`: synthetic scenes with coarse probabilities as a DCNN
-gives them). Prints seconds per image, images/s, label agreement with pydensecrf and the ratios
-(goals: CPU torch <= 2x pydensecrf's time; GPU >= 100 images/s).
+gives them). Prints seconds per image, images/s, label agreement with pydensecrf (all pixels and the
+pixels the CRF changed), max |ΔQ| of the Triton loop against the reference, whether two runs are
+bit-identical, and the ratios (goals: CPU torch <= 2x pydensecrf's time; GPU Triton >= 600 images/s,
+labels >= 99.9% / 99% of changed pixels, |ΔQ| <= 1e-4; the Cityscapes frame < 40 ms).
 
 Needs only torch, numpy, pillow and pyarrow (plus pydensecrf when present): it runs on a bare GPU
 machine from this checkout (`PYTHONPATH=. python bench/crf.py`). --cityscapes adds one 2048×1024
@@ -23,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # deeplab_core from this checkout
 from deeplab_core.crf import CRFParams, dense_crf  # noqa: E402
-from deeplab_core.crf_torch import dense_crf_batch  # noqa: E402
+from deeplab_core.crf import dense_crf_batch  # noqa: E402
 from deeplab_core.data.synth import crf_scene  # noqa: E402
 
 
@@ -42,6 +45,12 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(-3) == b.argmax(-3)))
+
+
+def changed_agreement(a: np.ndarray, b: np.ndarray, probs: np.ndarray) -> float:
+    """Agreement on the pixels whose label the CRF (`a`) changed."""
+    changed = a.argmax(-3) != probs.argmax(-3)
+    return float(np.mean((a.argmax(-3) == b.argmax(-3))[changed])) if changed.any() else 1.0
 
 
 def main() -> None:
@@ -80,29 +89,44 @@ def main() -> None:
 
     if torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name()
+        report["gpu_batch"] = args.gpu_batch
         images = torch.from_numpy(np.stack([scenes[k % len(scenes)][0] for k in range(args.gpu_batch)])).cuda()
         probs = torch.from_numpy(np.stack([scenes[k % len(scenes)][1] for k in range(args.gpu_batch)])).cuda()
-        gpu_s, gpu = timed(lambda: dense_crf_batch(images, probs, params), args.repeats)
-        rate = args.gpu_batch / gpu_s
-        report["gpu_batch"] = args.gpu_batch
-        report["gpu_images_per_s"] = round(rate, 1)
-        line = f"torch GPU ({report['gpu']}, batch {args.gpu_batch}): {rate:.1f} images/s (goal >= 100)"
-        if base is not None:
-            gpu_np = gpu[:len(scenes)].cpu().numpy()
-            report["gpu_label_agreement"] = round(statistics.mean(agreement(a, b) for a, b in zip(base, gpu_np)), 6)
-            report["gpu_speedup_over_pydensecrf_core"] = round(rate * base_s / len(scenes), 1)
-            line += (f", {report['gpu_speedup_over_pydensecrf_core']:.0f}x one pydensecrf core, label agreement "
-                     f"{100 * report['gpu_label_agreement']:.3f}%")
-        print(line, flush=True)
+        results = {}
+        for mean_field in ("reference", "triton"):
+            gpu_s, results[mean_field] = timed(lambda: dense_crf_batch(images, probs, params, mean_field=mean_field),
+                                               args.repeats)
+            rate = args.gpu_batch / gpu_s
+            report[f"gpu_{mean_field}_images_per_s"] = round(rate, 1)
+            line = f"torch GPU, {mean_field} mean-field ({report['gpu']}, batch {args.gpu_batch}): {rate:.1f} images/s"
+            if base is not None:
+                gpu_np = results[mean_field][:len(scenes)].cpu().numpy()
+                agree = [agreement(a, b) for a, b in zip(base, gpu_np)]
+                changed = [changed_agreement(a, b, pr) for a, b, (_, pr) in zip(base, gpu_np, scenes)]
+                report[f"gpu_{mean_field}_label_agreement"] = round(statistics.mean(agree), 6)
+                report[f"gpu_{mean_field}_changed_label_agreement"] = round(statistics.mean(changed), 6)
+                report[f"gpu_{mean_field}_speedup_over_pydensecrf_core"] = round(rate * base_s / len(scenes), 1)
+                line += (f", {rate * base_s / len(scenes):.0f}x one pydensecrf core, label agreement "
+                         f"{100 * statistics.mean(agree):.3f}% (changed pixels {100 * statistics.mean(changed):.3f}%)")
+            print(line, flush=True)
+        report["gpu_triton_over_reference"] = round(report["gpu_triton_images_per_s"]
+                                                    / report["gpu_reference_images_per_s"], 2)
+        report["gpu_triton_max_abs_dq"] = float((results["triton"] - results["reference"]).abs().max())
+        again = dense_crf_batch(images, probs, params, mean_field="triton")
+        report["gpu_triton_bit_identical"] = bool(torch.equal(again, results["triton"]))
+        print(f"Triton / reference: {report['gpu_triton_over_reference']}x; max |dQ| "
+              f"{report['gpu_triton_max_abs_dq']:.2e} (goal <= 1e-4); two runs bit-identical: "
+              f"{report['gpu_triton_bit_identical']}; goal >= 600 images/s", flush=True)
         if args.cityscapes:
             image, prob, _ = crf_scene(0, 19, 1024, 2048)
-            torch.cuda.reset_peak_memory_stats()
-            frame_s, _ = timed(lambda: dense_crf(torch.from_numpy(image).cuda(), torch.from_numpy(prob).cuda(),
-                                                 params, "torch"), 1)
-            report["cityscapes_frame_s"] = round(frame_s, 3)
-            report["cityscapes_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-            print(f"one 2048x1024x19 frame: {frame_s:.3f} s, peak GPU memory {report['cityscapes_peak_gpu_gb']} GB "
-                  f"(goal: fits 16 GB)", flush=True)
+            image, prob = torch.from_numpy(image).cuda(), torch.from_numpy(prob).cuda()
+            for mean_field in ("reference", "triton"):
+                torch.cuda.reset_peak_memory_stats()
+                frame_s, _ = timed(lambda: dense_crf_batch([image], [prob], params, mean_field=mean_field), 3)
+                report[f"cityscapes_{mean_field}_frame_s"] = round(frame_s, 4)
+                report[f"cityscapes_{mean_field}_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+                print(f"one 2048x1024x19 frame, {mean_field} mean-field: {1000 * frame_s:.1f} ms, peak GPU memory "
+                      f"{report[f'cityscapes_{mean_field}_peak_gpu_gb']} GB (goal with Triton: < 40 ms)", flush=True)
     else:
         print("no CUDA device: GPU figures skipped", flush=True)
     print(json.dumps(report))

@@ -99,7 +99,7 @@ def add_crf_backend_argument(parser) -> None:
                         help="auto (default): torch on the GPUs when the cluster has GPUs; on CPU-only clusters "
                              "pydensecrf when installed (the pydensecrf extra), else torch; pydensecrf: Krähenbühl's "
                              "C++ on one CPU core per image; torch: the same inference in PyTorch ops "
-                             "(deeplab_core.crf_torch), on the GPU when there is one")
+                             "(deeplab_core.crf.torch_backend), on the GPU when there is one")
 
 
 def add_crf_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,10 @@ from infra.local_stack import ARTIFACT_BUCKET, free_port, s3_env, start_mlflow, 
 # cluster (`ray start`: the local stack, `ray up`) run one after another on one worker.
 RECORDED_CLUSTER_MODULES = {"test_end_to_end", "test_ray_up", "test_infra"}
 os.environ.setdefault("RAY_ADDRESS", "local")
+# Triton kernels (the CRF's CUDA path) run on CPU tensors under Triton's interpreter, which Triton
+# chooses when a kernel is decorated, its own library's included: set before anything imports it.
+# Nothing else here runs Triton (torch.compile on a CPU generates C++).
+os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.hookimpl(tryfirst=True)

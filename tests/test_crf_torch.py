@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deeplab_core.crf import CRF_PRESETS, CRFParams, dense_crf, pydensecrf_model
-from deeplab_core.crf_torch import dense_crf_batch
+from deeplab_core.crf import dense_crf_batch
 from deeplab_core.data.synth import crf_scene
 
 PARAMS = {"resnet101_voc": CRF_PRESETS["resnet101_voc"], "vgg16_largefov_voc": CRF_PRESETS["vgg16_largefov_voc"],

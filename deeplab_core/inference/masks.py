@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..crf import CRFParams, dense_crf
-from ..crf_torch import dense_crf_batch
+from ..crf import dense_crf_batch
 from ..models.segmentation import upsample_logits
 from .resample import BAND_VALUES, resample, resampled_bands
 from .sizing import bounded_size, resize_images

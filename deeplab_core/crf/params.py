@@ -1,28 +1,13 @@
-"""The fully connected CRF of Krähenbühl & Koltun (pydensecrf) with DeepLab's energy:
-
-    E(x) = Σ -log P(x_i) + Σ_{i<j} μ(x_i, x_j) [ w1 exp(-|p_i-p_j|²/2σα² - |I_i-I_j|²/2σβ²)
-                                               + w2 exp(-|p_i-p_j|²/2σγ²) ]
-"""
+"""The CRF's parameters (names as in the paper and in DeepLab's released code), the released
+presets, and the input checks every backend shares."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-
 BACKENDS = ("pydensecrf", "torch")
 NORMALIZATIONS = ("symmetric", "after")
-PYDENSECRF_MISSING = ("pydensecrf is not installed: pip install 'deeplab-ray[pydensecrf]' (a C++ build: needs a "
-                      "compiler), or use --crf-backend torch, the same CRF in PyTorch")
-
-
-def pydensecrf_installed() -> bool:
-    """Whether pydensecrf (the `pydensecrf` extra, built from source) can be imported here."""
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -101,48 +86,3 @@ def check_crf_inputs(image, probs) -> None:
     finite = probs.isfinite().all() if hasattr(probs, "isfinite") else np.isfinite(probs).all()
     if not finite:
         raise ValueError("dense_crf: probs hold NaN or infinite values")
-
-
-def dense_crf(image, probs, params: CRFParams = CRFParams(), backend: str = "pydensecrf", device=None):
-    """Refine class probabilities with the fully connected CRF.
-
-    image: H×W×3 uint8 RGB; probs: C×H×W class probabilities (rows sum to 1). Returns C×H×W float32
-    (a numpy array; with backend="torch" and a tensor `probs`, a tensor on `device`, default its own;
-    numpy inputs go to the GPU when there is one).
-    `backend`: "pydensecrf" (Krähenbühl's C++ on one CPU core) or "torch" (`crf_torch`, the same
-    inference in PyTorch ops on any device)."""
-    if backend == "torch":
-        import torch
-
-        from .crf_torch import dense_crf_batch
-
-        if device is None and not isinstance(probs, torch.Tensor):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        (out,) = dense_crf_batch([image], [probs], params, device=device)
-        return out if isinstance(probs, torch.Tensor) else out.cpu().numpy()
-    if backend != "pydensecrf":
-        raise ValueError(f"dense_crf: backend {backend!r} is not valid; valid: {', '.join(BACKENDS)}")
-    image, probs = np.asarray(image), np.asarray(probs)
-    q = pydensecrf_model(image, probs, params).inference(int(params.iterations))
-    return np.asarray(q, dtype=np.float32).reshape(probs.shape)
-
-
-def pydensecrf_model(image: np.ndarray, probs: np.ndarray, params: CRFParams):
-    """pydensecrf's DenseCRF2D holding our energy, ready for `inference` (or `startInference` and
-    `stepInference`, to follow Q iteration by iteration)."""
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        raise ValueError(PYDENSECRF_MISSING) from None
-    check_crf_inputs(image, probs)
-    num_classes, height, width = probs.shape
-    normalization = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[params.normalization]
-    crf = dcrf.DenseCRF2D(width, height, num_classes)
-    unary = -np.log(np.clip(probs, 1e-8, 1.0)).reshape(num_classes, -1)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w, normalization=normalization)
-    # pydensecrf takes a writable C-contiguous buffer; arrays from Ray's object store are read-only.
-    rgbim = image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
-    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=rgbim, compat=params.bi_w,
-                             normalization=normalization)
-    return crf
