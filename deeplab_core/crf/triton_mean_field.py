@@ -64,9 +64,10 @@ def _blur(source, target, before, after, rows, C: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _sliced(p, valid, c, mask, vertices, weights, table, C: tl.constexpr, D1: tl.constexpr):
+def _sliced(p, valid, c, mask, vertices, weights, table, C: tl.constexpr, D1: tl.constexpr, BLOCK_P: tl.constexpr,
+            BLOCK_C: tl.constexpr):
     """Σ_i weights[p, i] · table[vertices[p, i]] over the D1 = d+1 vertices of each pixel's simplex."""
-    total = tl.zeros(mask.shape, tl.float32)
+    total = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for i in tl.static_range(D1):
         v = tl.load(vertices + p * D1 + i, mask=valid, other=0)
         w = tl.load(weights + p * D1 + i, mask=valid, other=0.0)
@@ -86,9 +87,11 @@ def _slice_update(unary, q, points, vertices1, weights1, table1, norm1, weight1,
     mask = valid[:, None] & columns
     energy = -tl.load(unary + p[:, None] * C + c[None, :], mask=mask, other=0.0)
     n1 = tl.load(norm1 + p, mask=valid, other=0.0)
-    energy = energy + weight1 * (n1[:, None] * _sliced(p, valid, c, mask, vertices1, weights1, table1, C, D1))
+    energy = energy + weight1 * (n1[:, None] * _sliced(p, valid, c, mask, vertices1, weights1, table1, C, D1,
+                                                              BLOCK_P, BLOCK_C))
     n2 = tl.load(norm2 + p, mask=valid, other=0.0)
-    energy = energy + weight2 * (n2[:, None] * _sliced(p, valid, c, mask, vertices2, weights2, table2, C, D2))
+    energy = energy + weight2 * (n2[:, None] * _sliced(p, valid, c, mask, vertices2, weights2, table2, C, D2,
+                                                              BLOCK_P, BLOCK_C))
     energy = tl.where(columns, energy, float("-inf"))
     e = tl.exp(energy - tl.max(energy, 1)[:, None])
     tl.store(q + p[:, None] * C + c[None, :], e / tl.sum(e, 1)[:, None], mask=mask)
