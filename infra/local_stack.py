@@ -303,11 +303,22 @@ def up(directory: str = ".stack", s3_port: int = 9000, mlflow_port: int = 5000, 
         started("mlflow", proc)
         # Ray's workers read S3 and MLflow: the nodes carry the stack's variables from the start.
         node_env = {**os.environ, **stack.env()}
-        started("ray-head", start_ray_head(stack.ray_port, stack.dashboard_port, cpus_per_node,
-                                           work / "ray-head.log", node_env))
-        worker = start_ray_worker(f"{LOOPBACK}:{stack.ray_port}", cpus_per_node, work / "ray-worker.log", node_env)
-        started("ray-worker", worker)
-        wait_ray_nodes(stack.dashboard_url, 2, procs=tuple(procs[-2:]))
+        for attempt in (1, 2):
+            started("ray-head", start_ray_head(stack.ray_port, stack.dashboard_port, cpus_per_node,
+                                               work / "ray-head.log", node_env))
+            started("ray-worker", start_ray_worker(f"{LOOPBACK}:{stack.ray_port}", cpus_per_node,
+                                                   work / "ray-worker.log", node_env))
+            try:
+                wait_ray_nodes(stack.dashboard_url, 2, procs=tuple(procs[-2:]))
+                break
+            except StackError as e:
+                # A loaded machine can make a head's own daemons give up before its raylet registers
+                # (ray_client_server waits 30 s): start the two nodes once more.
+                if attempt == 2 or "exited" not in str(e):
+                    raise
+                log(f"stack: {e}; starting the Ray nodes again")
+                for proc in (procs.pop(), procs.pop()):
+                    stop(proc)
         wait_job_submission(node_env)
         log("stack: 2 Ray nodes alive, job submission answers")
     except BaseException:
