@@ -17,8 +17,9 @@ output at a time: a second one refuses (the lease in _manifest/, pipelines/lease
 Stages: read + decode (CPU tasks) -> model (actor pool, one GPU per actor when the cluster has GPUs)
 -> dense CRF -> write (CPU tasks). With GPUs the CRF (--crf-backend auto: the torch one) runs in the
 model actors right after the forward pass; on CPU-only clusters a CPU actor pool runs it
-(pydensecrf when installed, else the torch one). Each run is an MLflow run in experiment
-"batch-segmentation", with the night's distributions for `python -m pipelines.monitor`. Exit 0
+(pydensecrf when installed, else the torch one); with --no-crf the model actors make the masks.
+Each run is an MLflow run in experiment "batch-segmentation", with the night's distributions for
+`python -m pipelines.monitor`. Exit 0
 unless the model cannot be loaded or no input could be processed; 2 for an unreachable store or an
 output another run holds. The last stdout line is a JSON summary: images, errors, skipped, output.
 """
@@ -222,32 +223,33 @@ def segment_inputs(args, crf: dict | None, output: str, run_name: str, model_dir
 
 def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | None, output: str, backend: str,
               gpus: bool):
-    """The Ray Data graph; yields one summary row per input as results stream back. With GPUs (and
-    the torch CRF, or none) the model actors make the masks; otherwise a CPU actor pool does."""
+    """The Ray Data graph; yields one summary row per input as results stream back. Without the CRF,
+    or with GPUs and the torch CRF, the model actors make the masks; otherwise a CPU actor pool does
+    (an argmax alone is not worth another actor and the image's trip to it)."""
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # our Progress lines say it once
-    masks_on_gpu = gpus and (crf is None or backend == "torch")
+    masks_in_model = crf is None or (gpus and backend == "torch")
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
     ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": args.max_pixels,
                                                  "orient": not args.keep_sensor_orientation},
                         batch_size=4, num_cpus=0.5)
     ds = ds.map_batches(ModelStage, fn_constructor_kwargs={
         "model_dir": model_dir, "scales": tuple(args.tta_scales), "flip": args.tta_flip, "amp": not args.no_amp,
-        "threads": args.model_cpus, "masks": masks_on_gpu, "crf": crf if masks_on_gpu else None,
-        "keep_image": args.overlays or not masks_on_gpu, "scale": args.scale, "crf_max_pixels": args.crf_max_pixels,
+        "threads": args.model_cpus, "masks": masks_in_model, "crf": crf if masks_in_model else None,
+        "keep_image": args.overlays or not masks_in_model, "scale": args.scale, "crf_max_pixels": args.crf_max_pixels,
         "tiling": tiling(args), "window_batch": args.batch_size},
         batch_size=args.batch_size, concurrency=args.model_actors,
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
-    if not masks_on_gpu:
-        crf_actors = fit_actors(args.crf_actors if crf else 1, (0 if gpus else args.model_actors * args.model_cpus)
-                                + 1, "segment: CRF")
+    if not masks_in_model:
+        crf_actors = fit_actors(args.crf_actors, (0 if gpus else args.model_actors * args.model_cpus) + 1,
+                                "segment: CRF")
         ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays,
                                                                "crf_backend": backend,
                                                                "crf_max_pixels": args.crf_max_pixels},
                             batch_size=1, concurrency=crf_actors, num_cpus=1)
-    log(f"segment: CRF {backend if crf else 'off'}, " + ("in the model actors on the GPU" if masks_on_gpu
-                                                           else "in a CPU actor pool"))
+    where = ("in the model actors" + (" on the GPU" if gpus else "")) if masks_in_model else "in a CPU actor pool"
+    log(f"segment: CRF {backend if crf else 'off'}, masks {where}")
     ds = ds.map_batches(write_outputs, fn_kwargs={
         "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
         "model_uri": args.model, "crf": crf, "crf_backend": backend, "crf_max_pixels": args.crf_max_pixels,

@@ -95,7 +95,7 @@ class ModelStage:
     Images of the same size in a batch go through one forward pass; a frame larger than `tiling`
     allows goes through in windows, `window_batch` at a time. With `masks`, the masks are made here,
     right after the forward pass and on the same device (upsample, the torch dense CRF batched over the
-    group, argmax): the GPU path, where no CPU CRF pool is needed.
+    group, argmax): the GPU path, and any path without the CRF, where no CPU CRF pool is needed.
 
     Out of memory (GPU, or CPU `MemoryError`): the group is split in halves down to one image, an image
     that alone does not fit is retried in tiles (`Tiling.after_out_of_memory`), and only a tile that

@@ -54,9 +54,11 @@ def test_vgg16_deeplab_has_output_stride_8_and_dilated_conv5():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_logits_come_back_at_input_size(name):
+    """Odd sizes, 32k + 1 (as the paper's 321 and 513: a centre pixel at every output stride) and a
+    multiple of 32; small, since what decides the output size is the size modulo the stride."""
     model = build_model(name, 5).eval()
     with torch.no_grad():
-        for h, w in ((97, 131), (321, 321), (513, 513)):
+        for h, w in ((97, 131), (65, 65), (64, 96)):
             assert model(torch.zeros(1, 3, h, w)).shape == (1, 5, h, w)
 
 
