@@ -99,10 +99,13 @@ def _cmdline(p: psutil.Process) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path, "train.iterations=24", "train.checkpoint_interval=4",
-                      "train.eval_interval=4", "train.log_interval=1", "ray.max_failures=1",
-                      "tracking.run_name=fault")
+def test_a_killed_worker_and_a_restarted_run_resume_from_the_last_checkpoint(dataset, tmp_path):
+    """A worker killed mid-run: Ray Train restarts the group from the last checkpoint. The finished
+    run started again by name with more iterations: it goes on from its last checkpoint in the same
+    MLflow run. Either way every step is logged once."""
+    overrides = ["train.checkpoint_interval=4", "train.eval_interval=4", "train.log_interval=1", "ray.max_failures=1",
+                 "tracking.run_name=fault"]
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=24", *overrides)
     training = BackgroundTraining(cfg)
     run_dir = training.wait_for_checkpoint(8).parent
     assert not (run_dir / "checkpoint_00000024").exists()
@@ -116,16 +119,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset, tmp_path):
     assert steps == list(range(1, 25)), "metric history has a gap or a duplicate step"
     assert metric_steps(cfg.tracking.uri, result["run_id"], "val_miou") == list(range(4, 25, 4))
 
-
-def test_restarting_a_finished_run_name_resumes_its_mlflow_run(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path, "train.iterations=4", "train.checkpoint_interval=2",
-                      "train.eval_interval=2", "train.log_interval=1", "tracking.run_name=again")
-    first = train(cfg)
-    more = tiny_config(dataset, tmp_path, "train.iterations=6", "train.checkpoint_interval=2",
-                       "train.eval_interval=2", "train.log_interval=1", "tracking.run_name=again")
-    second = train(more)
-    assert second["run_id"] == first["run_id"] and second["iterations"] == 6
-    assert metric_steps(cfg.tracking.uri, first["run_id"], "loss") == [1, 2, 3, 4, 5, 6]
+    again = train(tiny_config(dataset, tmp_path, "train.iterations=28", *overrides))
+    assert again["run_id"] == result["run_id"] and again["iterations"] == 28
+    assert metric_steps(cfg.tracking.uri, result["run_id"], "loss") == list(range(1, 29))
 
 
 @pytest.mark.parametrize("overrides, message", [
