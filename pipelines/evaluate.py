@@ -95,8 +95,9 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
     backend = crf_backend(args.crf_backend, gpus > 0)
     actors = fit_actors(args.actors, 1, "evaluate")
     ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf, "crf_backend": backend},
-                        batch_size=4, concurrency=min(actors, gpus) if gpus else actors, num_cpus=1,
-                        num_gpus=1 if gpus else 0)  # one GPU per actor: as many actors as GPUs at most
+                        batch_size=4, num_cpus=1, num_gpus=1 if gpus else 0,
+                        # one GPU per actor: as many actors as GPUs at most
+                        compute=ray.data.ActorPoolStrategy(size=min(actors, gpus) if gpus else actors))
     before = after = SegmentationScores(spec["num_classes"])
     progress, done = Progress("evaluate", total, "images"), 0
     for row in ds.iter_rows():

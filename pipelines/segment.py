@@ -239,15 +239,16 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
         "threads": args.model_cpus, "masks": masks_in_model, "crf": crf if masks_in_model else None,
         "keep_image": args.overlays or not masks_in_model, "scale": args.scale, "crf_max_pixels": args.crf_max_pixels,
         "tiling": tiling(args), "window_batch": args.batch_size},
-        batch_size=args.batch_size, concurrency=args.model_actors,
+        batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.model_actors),
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
     if not masks_in_model:
-        crf_actors = fit_actors(args.crf_actors, (0 if gpus else args.model_actors * args.model_cpus) + 1,
+        batches = -(-len(todo) // args.batch_size)  # the blocks the pool gets: more actors would only start and idle
+        crf_actors = fit_actors(min(args.crf_actors, batches), (0 if gpus else args.model_actors * args.model_cpus) + 1,
                                 "segment: CRF")
         ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays,
                                                                "crf_backend": backend,
                                                                "crf_max_pixels": args.crf_max_pixels},
-                            batch_size=1, concurrency=crf_actors, num_cpus=1)
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=crf_actors), num_cpus=1)
     where = ("in the model actors" + (" on the GPU" if gpus else "")) if masks_in_model else "in a CPU actor pool"
     log(f"segment: CRF {backend if crf else 'off'}, masks {where}")
     ds = ds.map_batches(write_outputs, fn_kwargs={
@@ -396,7 +397,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--model-actors", type=int, default=1, help="model actors (one GPU each when present)")
     ray_group.add_argument("--model-cpus", type=int, default=1, help="CPUs (torch threads) per model actor on CPU")
-    ray_group.add_argument("--crf-actors", type=int, default=os.cpu_count() or 1, help="CRF actors, one CPU each")
+    ray_group.add_argument("--crf-actors", type=int, default=os.cpu_count() or 1, help="CRF actors, one CPU each (at most one per model batch to do)")
     ray_group.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images "
                            "share one forward pass)")
     ray_group.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], help="test-time input scales")
