@@ -98,7 +98,6 @@ def import_caffe(caffemodel: str, model_name: str, num_classes: int, out: str, d
 
 def register(out: str, name: str, experiment: str, tracking_uri: str | None) -> str:
     """Log the saved model as a run's `deeplab_model` artifact and make it a registry version."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from pipelines import tracking
