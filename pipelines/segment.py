@@ -19,9 +19,9 @@ Stages: read + decode (CPU tasks) -> model (actor pool, one GPU per actor when t
 model actors right after the forward pass; on CPU-only clusters a CPU actor pool runs it
 (pydensecrf when installed, else the torch one); with --no-crf the model actors make the masks.
 Each run is an MLflow run in experiment "batch-segmentation", with the night's distributions for
-`python -m pipelines.monitor`. Exit 0
-unless the model cannot be loaded or no input could be processed; 2 for an unreachable store or an
-output another run holds. The last stdout line is a JSON summary: images, errors, skipped, output.
+`python -m pipelines.monitor`. Exit 0 unless the model cannot be loaded or no input could be
+processed; 2 for an unreachable store or an output another run holds. The last stdout line is a
+JSON summary: images, errors, skipped, output.
 """
 from __future__ import annotations
 
@@ -242,9 +242,9 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
         batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.model_actors),
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
     if not masks_in_model:
-        batches = -(-len(todo) // args.batch_size)  # the blocks the pool gets: more actors would only start and idle
-        crf_actors = fit_actors(min(args.crf_actors, batches), (0 if gpus else args.model_actors * args.model_cpus) + 1,
-                                "segment: CRF")
+        batches = -(-len(todo) // args.batch_size)  # the blocks the pool gets: more actors would start and idle
+        crf_actors = fit_actors(min(args.crf_actors, batches),
+                                (0 if gpus else args.model_actors * args.model_cpus) + 1, "segment: CRF")
         ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays,
                                                                "crf_backend": backend,
                                                                "crf_max_pixels": args.crf_max_pixels},
@@ -397,7 +397,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--model-actors", type=int, default=1, help="model actors (one GPU each when present)")
     ray_group.add_argument("--model-cpus", type=int, default=1, help="CPUs (torch threads) per model actor on CPU")
-    ray_group.add_argument("--crf-actors", type=int, default=os.cpu_count() or 1, help="CRF actors, one CPU each (at most one per model batch to do)")
+    ray_group.add_argument("--crf-actors", type=int, default=os.cpu_count() or 1,
+                           help="CRF actors, one CPU each (at most one per model batch to do)")
     ray_group.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images "
                            "share one forward pass)")
     ray_group.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], help="test-time input scales")
