@@ -2,8 +2,11 @@
 Ray instance), started with the same functions as the local stack (infra/local_stack.py)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -168,12 +171,30 @@ def run(monkeypatch):
     return run_cli
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def sqlite_store(path: Path) -> str:
+    """The URI of a new, empty sqlite MLflow store at `path`: a copy of one made once per test process
+    (creating MLflow's tables costs ~1.5 CPU-s, and the tests make a few dozen stores)."""
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="mlflow-store-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, True)
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
+        _STORE_TEMPLATE.append(template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture()
 def tracking(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store for one test, through MLFLOW_TRACKING_URI as the CLIs read it."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri

@@ -99,7 +99,7 @@ def test_two_workers_learn_coco_voc(coco_tree, tmp_path):
     from pipelines.train import train
 
     cfg = tiny_config(str(tmp_path / "pq"), tmp_path, "data.train_split=train2017", "data.val_split=val2017",
-                      "train.iterations=40", "train.checkpoint_interval=40", "train.eval_interval=40",
+                      "train.iterations=10", "train.checkpoint_interval=10", "train.eval_interval=10",
                       "tracking.run_name=coco")
     summary = train(cfg)
     assert summary["val_miou"] > initial_miou(cfg, str(tmp_path / "pq")) + 0.05, summary

@@ -125,8 +125,8 @@ def test_two_workers_learn_each_dataset(ray_local, tmp_path, dataset):
     preprocess(dataset, str(raw), str(tmp_path / "pq"))
     from pipelines.train import train
 
-    cfg = tiny_config(str(tmp_path / "pq"), tmp_path, "train.iterations=40", "train.checkpoint_interval=40",
-                      "train.eval_interval=40", f"tracking.run_name={dataset}")
+    cfg = tiny_config(str(tmp_path / "pq"), tmp_path, "train.iterations=10", "train.checkpoint_interval=10",
+                      "train.eval_interval=10", f"tracking.run_name={dataset}")
     summary = train(cfg)
     assert summary["val_miou"] > initial_miou(cfg, str(tmp_path / "pq")) + 0.05, summary
 

@@ -15,6 +15,7 @@ from deeplab_core.checkpoint import load_model
 from deeplab_core.inference import coarse_scores
 from pipelines.import_caffe import import_caffe, main
 from pipelines.model_uri import download_model
+from tests.conftest import sqlite_store
 
 MEAN_BGR = (104.008, 116.669, 122.675)
 STAGES = [(2, 3, 64, 1, 1), (3, 4, 128, 2, 1), (4, 23, 256, 1, 2), (5, 3, 512, 1, 4)]  # stage, blocks, width, stride, rate
@@ -247,7 +248,7 @@ def test_a_released_vgg16_largefov_imports_registers_and_predicts_as_caffe(tmp_p
     net = vgg_largefov_net(np.random.default_rng(3), 21)
     path = tmp_path / "train_iter_6000.caffemodel"
     path.write_bytes(encode(net))
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlruns" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test (the CLI sets it for its process)
     code = run(main, ["--caffemodel", str(path), "--model", "deeplabv2_vgg16_largefov", "--num-classes", "21",
                       "--out", str(tmp_path / "largefov"), "--register", "deeplab-caffe-largefov", "--tracking-uri", uri])

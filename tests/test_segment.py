@@ -29,7 +29,7 @@ from deeplab_core.inference import predict_probabilities
 from pipelines import segment
 from pipelines.tracking import setup as tracking_setup
 from pipelines.model_uri import download_model
-from tests.conftest import upload_tree
+from tests.conftest import sqlite_store, upload_tree
 
 BIG_SIDE = 200  # the over-large planted image is 200×200; --max-pixels sits below it
 
@@ -310,7 +310,7 @@ def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, im
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
     out = tmp_path / "out"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": "local"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path / "mlflow.db"), "RAY_ADDRESS": "local"}
     argv = [sys.executable, "-m", "pipelines.segment", "--model", str(model_dir), "--input", str(work),
             "--output", str(out), "--commit-every", "4", "--crf-actors", "1", "--batch-size", "1"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -24,7 +25,7 @@ from pipelines.cli import user_error
 from pipelines.train import check_shared_storage, train
 from pipelines.train import main as train_main
 from pipelines.training import NonFiniteLoss
-from tests.conftest import BackgroundTraining
+from tests.conftest import BackgroundTraining, sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthetic_tiny.yaml"
@@ -41,7 +42,7 @@ def dataset(ray_local, tmp_path_factory):
 def tiny_config(dataset: str, tmp_path: Path, *overrides: str):
     return load_config(str(TINY), [
         f"data.uri={dataset}", "data.train_split=train", "data.crop_size=48", f"ray.storage_path={tmp_path / 'runs'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tracking.experiment=test-train",
+        f"tracking.uri={sqlite_store(tmp_path / 'mlruns' / 'mlflow.db')}", "tracking.experiment=test-train",
         "tracking.register_model=null", "tracking.overlays=2", "train.batch_size=4", *overrides])
 
 
@@ -62,10 +63,11 @@ def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
 
 @pytest.mark.slow
 def test_two_workers_learn_and_mlflow_holds_the_run(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path, "train.iterations=40", "train.checkpoint_interval=20",
-                      "train.eval_interval=20", "tracking.run_name=two-workers")
+    # val_miou is the same at iterations 10, 20, 30 and 40 (measured): 20 show learning and two evaluations.
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=20", "train.checkpoint_interval=10",
+                      "train.eval_interval=10", "train.log_interval=5", "tracking.run_name=two-workers")
     summary = train(cfg)
-    assert summary["iterations"] == 40 and summary["run_name"] == "two-workers"
+    assert summary["iterations"] == 20 and summary["run_name"] == "two-workers"
     assert summary["val_miou"] > initial_miou(cfg, dataset) + 0.05
     uri = cfg.tracking.uri
     run = MlflowClient(uri).get_run(summary["run_id"])
@@ -73,13 +75,16 @@ def test_two_workers_learn_and_mlflow_holds_the_run(dataset, tmp_path):
     assert run.data.params["model.name"] == cfg.model.name and run.data.params["ray.num_workers"] == "2"
     assert {"git_commit", "ray_version", "torch_version", "dataset_manifest_sha256"} <= set(run.data.tags)
     assert len(run.data.tags["train_nodes"].split(",")) == 2
-    assert metric_steps(uri, summary["run_id"], "val_miou") == [20, 40]
-    assert metric_steps(uri, summary["run_id"], "loss") == list(range(10, 41, 10))
+    assert metric_steps(uri, summary["run_id"], "val_miou") == [10, 20]
+    assert metric_steps(uri, summary["run_id"], "loss") == list(range(5, 21, 5))
     assert "val_iou_background" in run.data.metrics and "data_wait_fraction" in run.data.metrics
     mlflow.set_tracking_uri(uri)
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(summary["run_id"], "deeplab_model")}
     assert {"deeplab_model/model.pt", "deeplab_model/model.json", "deeplab_model/config.yaml"} <= artifacts
     assert len(MlflowClient(uri).list_artifacts(summary["run_id"], "overlays")) == 2
+    # The pt2 export serves: MLflow's own check of it is off in training (it only warned).
+    served = mlflow.pyfunc.load_model(f"runs:/{summary['run_id']}/model")
+    assert served.predict(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 21, 64, 64)
     model, spec = load_model(summary["checkpoint"])
     assert spec["name"] == cfg.model.name and spec["num_classes"] == 21
     assert spec["trained_long_side"] == 64  # the 64×48 training images: `segment --scale auto` runs there

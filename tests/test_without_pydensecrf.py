@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.conftest import sqlite_store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -51,7 +53,7 @@ def test_without_pydensecrf_the_crf_runs_in_pytorch(tmp_path):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ImportError("no module named pydensecrf (the test hides it)")\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), str(ROOT)]),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_ADDRESS": "local"}
+           "MLFLOW_TRACKING_URI": sqlite_store(tmp_path / "mlflow.db"), "RAY_ADDRESS": "local"}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
                             env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
