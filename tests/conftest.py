@@ -175,8 +175,8 @@ _STORE_TEMPLATE: list[Path] = []
 
 
 def sqlite_store(path: Path) -> str:
-    """The URI of a new, empty sqlite MLflow store at `path`: a copy of one made once per test process
-    (creating MLflow's tables costs ~1.5 CPU-s, and the tests make a few dozen stores)."""
+    """The URI of a sqlite MLflow store at `path`; when there is none, a new, empty one: a copy of one
+    made once per test process (creating MLflow's tables costs ~1.5 CPU-s; the tests make dozens)."""
     if not _STORE_TEMPLATE:
         from mlflow.tracking import MlflowClient
 
@@ -184,8 +184,9 @@ def sqlite_store(path: Path) -> str:
         atexit.register(shutil.rmtree, template.parent, True)
         MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the tables
         _STORE_TEMPLATE.append(template)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_STORE_TEMPLATE[0], path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], path)
     return f"sqlite:///{path}"
 
 

@@ -110,23 +110,23 @@ def test_a_killed_worker_and_a_restarted_run_resume_from_the_last_checkpoint(dat
     MLflow run. Either way every step is logged once."""
     overrides = ["train.checkpoint_interval=4", "train.eval_interval=4", "train.log_interval=1", "ray.max_failures=1",
                  "tracking.run_name=fault"]
-    cfg = tiny_config(dataset, tmp_path, "train.iterations=24", *overrides)
+    cfg = tiny_config(dataset, tmp_path, "train.iterations=16", *overrides)
     training = BackgroundTraining(cfg)
     run_dir = training.wait_for_checkpoint(8).parent
-    assert not (run_dir / "checkpoint_00000024").exists()
+    assert not (run_dir / "checkpoint_00000016").exists()
     victims = _train_workers()
     assert len(victims) == 2
     victims[-1].kill()  # SIGKILL, as a node or OOM killer would
     result = training.join()
-    assert result["iterations"] == 24
-    assert (run_dir / "checkpoint_00000024").exists()
+    assert result["iterations"] == 16
+    assert (run_dir / "checkpoint_00000016").exists()
     steps = metric_steps(cfg.tracking.uri, result["run_id"], "loss")
-    assert steps == list(range(1, 25)), "metric history has a gap or a duplicate step"
-    assert metric_steps(cfg.tracking.uri, result["run_id"], "val_miou") == list(range(4, 25, 4))
+    assert steps == list(range(1, 17)), "metric history has a gap or a duplicate step"
+    assert metric_steps(cfg.tracking.uri, result["run_id"], "val_miou") == list(range(4, 17, 4))
 
-    again = train(tiny_config(dataset, tmp_path, "train.iterations=28", *overrides))
-    assert again["run_id"] == result["run_id"] and again["iterations"] == 28
-    assert metric_steps(cfg.tracking.uri, result["run_id"], "loss") == list(range(1, 29))
+    again = train(tiny_config(dataset, tmp_path, "train.iterations=20", *overrides))
+    assert again["run_id"] == result["run_id"] and again["iterations"] == 20
+    assert metric_steps(cfg.tracking.uri, result["run_id"], "loss") == list(range(1, 21))
 
 
 @pytest.mark.parametrize("overrides, message", [
