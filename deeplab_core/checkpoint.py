@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import MSC, build_model
+from .models import MSC
 from .models.segmentation import unwrap  # noqa: F401 (callers import it from here too)
 
 MODEL_FILE = "model.pt"
@@ -62,6 +62,8 @@ def load_model(directory: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
     state = read_state(directory, map_location)
     # Built without storage and filled from the file: random initialisation would be thrown away
     # (VGG-16's costs ~2.5 CPU-s in every actor that loads it). Strict loading leaves nothing unset.
+    from .models import build_model  # torchvision: only where a model is built (models/__init__.py)
+
     with torch.device("meta"):
         model = build_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
     own = model.state_dict()
