@@ -16,7 +16,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import warnings
 
@@ -141,6 +143,19 @@ def log_final_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str, val
     return f"runs:/{run_id}/deeplab_model"
 
 
+def fit_and_release(trainer: TorchTrainer):
+    """`trainer.fit()`, then the driver's Ctrl-C handler put back. Ray Train's handler holds the run's
+    controller actor: left installed, the finished run's controller and its dataset actors stay
+    alive (each a process polling its peers) until the driver exits or fits again."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def train(cfg: ExperimentConfig) -> dict:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, uri=storage.absolute(cfg.data.uri)),
                               model=dataclasses.replace(cfg.model, init_weights=cfg.model.init_weights and (
@@ -193,7 +208,7 @@ def train(cfg: ExperimentConfig) -> dict:
     )
     log(f"train: {cfg.model.name} on {cfg.ray.num_workers} worker(s), {cfg.train.iterations} iterations, "
         f"run {run_name} (MLflow {run_id})")
-    result = trainer.fit()
+    result = fit_and_release(trainer)
     client = MlflowClient()
     if result.error:
         client.set_terminated(run_id, "FAILED")
