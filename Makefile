@@ -9,11 +9,15 @@ DEMO_DIR ?= demo_out
 
 setup: $(STAMP)
 
-# Idempotent: reinstalls only when the project's dependency files change.
+# Idempotent: reinstalls only when the project's dependency files change. pip byte-compiles on one
+# core; compileall afterwards uses every core (set-up 227 -> 142 s and 214 -> 194 s on 2 cores, two
+# back-to-back pairs).
+# Like pip, it skips a file this Python cannot compile (torch ships a Python 3.12-only test helper).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,pydensecrf]"
+	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e ".[test,pydensecrf]"
+	-$(PY) -m compileall -qq -j 0 $(VENV)/lib
 	touch $(STAMP)
 
 demo: $(STAMP)
