@@ -60,10 +60,9 @@ def load_model(directory: str | os.PathLike, map_location="cpu") -> tuple[nn.Mod
     Refuses anything but a weights-only state dict."""
     spec = read_spec(directory)
     state = read_state(directory, map_location)
+    from .models import build_model  # torchvision: only where a model is built (models/__init__.py)
     # Built without storage and filled from the file: random initialisation would be thrown away
     # (VGG-16's costs ~2.5 CPU-s in every actor that loads it). Strict loading leaves nothing unset.
-    from .models import build_model  # torchvision: only where a model is built (models/__init__.py)
-
     with torch.device("meta"):
         model = build_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
     own = model.state_dict()
