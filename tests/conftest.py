@@ -20,6 +20,8 @@ from infra.local_stack import ARTIFACT_BUCKET, free_port, s3_env, start_mlflow, 
 # starts its own S3 endpoint, MLflow server and local Ray (RAY_ADDRESS=local: never the cluster that
 # another test records on this machine). The modules that start or plant the machine's recorded
 # cluster (`ray start`: the local stack, `ray up`) run one after another on one worker.
+# (Not so with pytest 9.2 and pytest-xdist 3.8: xdist marks a test's group by rewriting `_nodeid`,
+# which pytest 9.2 no longer reads, so `loadgroup` distributes like `load`.)
 RECORDED_CLUSTER_MODULES = {"test_end_to_end", "test_ray_up", "test_infra"}
 os.environ.setdefault("RAY_ADDRESS", "local")
 # Triton kernels (the CRF's CUDA path) run on CPU tensors under Triton's interpreter, which Triton
