@@ -41,13 +41,9 @@ def pytest_configure(config):
     other worker holds (measured on 2 cores, test_models, test_train_modes and test_crf_torch on 2
     workers: 418 s and 820 CPU-s at 2 threads each, 157 s and 304 CPU-s at 1). Set before any test
     module imports torch, which reads it then."""
-    if hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):  # without pytest-xdist torch's default, all cores, is right
         workers = config.workerinput["workercount"]
-    elif config.getoption("numprocesses", None):
-        return  # the pytest-xdist controller: its workers decide
-    else:
-        workers = 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.hookimpl(tryfirst=True)
