@@ -20,14 +20,21 @@ $(STAMP): pyproject.toml constraints.txt
 	-$(PY) -m compileall -qq -j 0 $(VENV)/lib
 	touch $(STAMP)
 
+# The project's own modules byte-compiled before a run: where PYTHONDONTWRITEBYTECODE is set (CI images,
+# containers) every process would compile them again on import, each Ray worker included.
+COMPILE_PROJECT := $(PY) -m compileall -qq -j 0 deeplab_core pipelines infra tests bench
+
 demo: $(STAMP)
+	$(COMPILE_PROJECT)
 	$(PY) -m pipelines.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --timeout=900 --durations=15 tests
+	$(COMPILE_PROJECT)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist load --timeout=900 --durations=15 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m "not slow" tests
+	$(COMPILE_PROJECT)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist load -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

@@ -15,14 +15,13 @@ import pytest
 
 from infra.local_stack import ARTIFACT_BUCKET, free_port, s3_env, start_mlflow, start_s3, stop
 
-# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup), one module at a time each, so
-# that one worker's waits (Ray starting, servers, subprocesses) are the other's CPU time. Each worker
-# starts its own S3 endpoint, MLflow server and local Ray (RAY_ADDRESS=local: never the cluster that
-# another test records on this machine). The modules that start or plant the machine's recorded
-# cluster (`ray start`: the local stack, `ray up`) run one after another on one worker.
-# (Not so with pytest 9.2 and pytest-xdist 3.8: xdist marks a test's group by rewriting `_nodeid`,
-# which pytest 9.2 no longer reads, so `loadgroup` distributes like `load`.)
-RECORDED_CLUSTER_MODULES = {"test_end_to_end", "test_ray_up", "test_infra"}
+# `make test` runs two pytest workers (pytest-xdist, --dist load: tests go to whichever worker is
+# free) so that one worker's waits (Ray starting, servers, subprocesses) are the other's CPU time.
+# Each worker starts its own S3 endpoint, MLflow server and local Ray (RAY_ADDRESS=local: never the
+# cluster another test records on this machine). The tests that start a cluster of their own address
+# it explicitly (the local stack's RAY_ADDRESS, `ray up`'s head in its own RAY_TMPDIR), so they may
+# run beside each other and beside the one that plants a stale record (test_infra, which puts the
+# record back).
 os.environ.setdefault("RAY_ADDRESS", "local")
 # Triton kernels (the CRF's CUDA path) run on CPU tensors under Triton's interpreter, which Triton
 # chooses when a kernel is decorated, its own library's included: set before anything imports it.
@@ -44,13 +43,6 @@ def pytest_configure(config):
     if hasattr(config, "workerinput"):  # without pytest-xdist torch's default, all cores, is right
         workers = config.workerinput["workercount"]
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        item.add_marker(pytest.mark.xdist_group("recorded-cluster" if module in RECORDED_CLUSTER_MODULES else module))
 
 
 @pytest.fixture(scope="session")
