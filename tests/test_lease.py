@@ -63,7 +63,9 @@ def test_a_crashed_runs_lease_is_taken_over_and_a_live_one_is_renewed(output):
     lease.acquire()
     try:
         assert lease.took_over["run"] == "segment-crashed"
-        renewed = lambda: json.loads(storage.read_bytes(storage.join(output, LEASE)))["renewed"]  # noqa: E731
+        def renewed() -> float:
+            return json.loads(storage.read_bytes(storage.join(output, LEASE)))["renewed"]
+
         first, deadline = renewed(), time.monotonic() + 30
         # Renewed every 0.05 s; a loaded machine (two pytest workers, Ray beside them) may take longer.
         while renewed() <= first and time.monotonic() < deadline:
