@@ -92,20 +92,31 @@ def distribution_plot(current, path: str, reference=None) -> str:
 
 
 def review_sheet(items: list[dict], path: str, thumb: int = 256) -> str:
-    """One image for a person to look at: per item (least confident first) its overlay and, when
-    given, its confidence map (dark: unsure), titled with its path and mean confidence. Items:
-    {"title", "overlay" H×W×3 uint8, "confidence" H×W uint8 or None}."""
-    columns = 2 if any(item["confidence"] is not None for item in items) else 1
-    fig, axes = plt.subplots(len(items), columns, figsize=(3.2 * columns, 2.6 * len(items)), squeeze=False)
-    for row, item in zip(axes, items):
-        row[0].imshow(item["overlay"])
-        row[0].set_title(item["title"], fontsize=7)
-        if columns == 2 and item["confidence"] is not None:
-            row[1].imshow(item["confidence"], cmap="gray", vmin=0, vmax=255)
-            row[1].set_title("confidence", fontsize=7)
-        for ax in row:
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=min(100, max(40, thumb // 3)))
-    plt.close(fig)
+    """One image for a person to look at: per item (least confident first) a caption with its path and
+    mean confidence over its overlay and, when given, its confidence map (dark: unsure), each at most
+    `thumb` pixels on its long side. Items: {"title", "overlay" H×W×3 uint8, "confidence" H×W uint8 or
+    None}. Pasted with PIL, not drawn by matplotlib: a nightly run makes one (~0.1 s instead of ~2.5)."""
+    from PIL import Image, ImageDraw
+
+    def fitted(pixels: np.ndarray) -> Image.Image:
+        image = Image.fromarray(pixels).convert("RGB")
+        factor = thumb / max(image.size)
+        return image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                            Image.Resampling.NEAREST)  # masks: keep class edges sharp
+
+    pad, caption = 6, 14
+    rows = [[fitted(item["overlay"])] + ([fitted(item["confidence"])] if item["confidence"] is not None else [])
+            for item in items]
+    width = max(sum(t.width + pad for t in row) for row in rows) + pad
+    height = sum(caption + max(t.height for t in row) + pad for row in rows) + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    draw, y = ImageDraw.Draw(sheet), pad
+    for item, row in zip(items, rows):
+        draw.text((pad, y), item["title"], fill="black")
+        x, y = pad, y + caption
+        for tile in row:
+            sheet.paste(tile, (x, y))
+            x += tile.width + pad
+        y += max(t.height for t in row) + pad
+    sheet.save(path)
     return path

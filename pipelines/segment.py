@@ -48,8 +48,9 @@ from pipelines import storage, tracking
 from pipelines.cli import Progress, emit_summary, fit_actors, init_ray, log, run
 from pipelines.lease import OutputLease
 from pipelines.model_uri import download_model
-from pipelines.segmentation import (EMPTY_MASK, UNAVAILABLE, LabelStage, ModelStage, commit, confidence_path, mask_path,
-                                    processed_versions, read_and_decode, write_outputs)
+from pipelines.segment_io import (EMPTY_MASK, UNAVAILABLE, commit, confidence_path, mask_path, processed_versions,
+                                  read_and_decode, write_outputs)
+from pipelines.segmentation import LabelStage, ModelStage
 
 EXPERIMENT = "batch-segmentation"
 CRF_MAX_PIXELS = 500_000  # a 12 Mpx photo is refined at ~2.7× the cost of a 500×375 VOC image
@@ -253,7 +254,7 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
     log(f"segment: CRF {backend if crf else 'off'}, masks {where}")
     ds = ds.map_batches(write_outputs, fn_kwargs={
         "output": output, "spec": spec, "label_ids": args.cityscapes_label_ids, "overlays": args.overlays,
-        "model_uri": args.model, "crf": crf, "crf_backend": backend, "crf_max_pixels": args.crf_max_pixels,
+        "model_uri": args.model, "crf": crf, "crf_backend": backend,
         "confidence_maps": args.confidence, "low_confidence": args.low_confidence},
         batch_size=8, num_cpus=0.5)
     progress = Progress("segment", len(todo), "images")

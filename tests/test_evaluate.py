@@ -22,7 +22,7 @@ from deeplab_core.metrics import ConfusionMatrix
 from deeplab_core.data.synth import write_cityscapes, write_voc
 from deeplab_core.search import coarse_to_fine
 from pipelines import compare, crf_search, evaluate
-from pipelines.segmentation import write_outputs
+from pipelines.segment_io import write_outputs
 from pipelines.tracking import setup as tracking_setup
 
 
@@ -106,7 +106,7 @@ def test_cityscapes_label_ids_export_maps_back(tmp_path, capsys, tracking):
              "frames": [1] * (len(examples) + 1), "scale": [1.0] * (len(examples) + 1),
              "decode_ms": [0.0] * (len(examples) + 1),
              "model_ms": [0.0] * (len(examples) + 1), "crf_ms": [0.0] * (len(examples) + 1),
-             "mask": train_ids + [all_ids], "status": ["ok"] * (len(examples) + 1),
+             "crf_scale": [0.0] * (len(examples) + 1), "mask": train_ids + [all_ids], "status": ["ok"] * (len(examples) + 1),
              "error": [""] * (len(examples) + 1), "tile": [0] * (len(examples) + 1),
              "confidence": [np.full_like(m, 255) for m in train_ids + [all_ids]],
              "entropy": [np.zeros_like(m) for m in train_ids + [all_ids]]}

@@ -23,10 +23,11 @@ NIGHT = 64  # images a night: enough that two nights of one generator stay under
 pytestmark = pytest.mark.slow
 
 
-def write_night(directory, seed: int, classes=(1, 2, 3, 4, 5), blurred: bool = False, broken: int = 0):
+def write_night(directory, seed: int, classes=(1, 2, 3, 4, 5), blurred: bool = False, broken: int = 0,
+                images: int = NIGHT):
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
-    for i in range(NIGHT):
+    for i in range(images):
         image, _, _ = render_scene(rng, 72, 96, classes, max_objects=4)
         if blurred:  # out of focus and grainy: a camera that changed
             soft = gaussian_filter(image.astype(np.float32), (3, 3, 0)) + rng.normal(0, 30, image.shape)
@@ -41,6 +42,7 @@ def nights(tmp_path_factory):
     root = tmp_path_factory.mktemp("nights")
     write_night(root / "first", seed=1)
     write_night(root / "second", seed=2)
+    write_night(root / "other_job", seed=6, images=4)  # only its job matters
     write_night(root / "class3_thrice", seed=3, classes=(1, 2, 3, 3, 3, 4, 5))
     write_night(root / "blurred", seed=4, blurred=True)
     write_night(root / "broken", seed=5, broken=7)  # 7 of 71: 10%
@@ -97,7 +99,7 @@ def test_nights_are_judged_against_earlier_nights_of_their_job(ray_local, capsys
     assert {"distributions.json", "distributions.png", "least_confident.png"} <= artifacts
 
     assert judge() == (0, {"run_id": first, "job": "nightly", "reference_runs": [], "crossed": []})  # first night
-    other = segment_night("second", "other-job")  # another job in the same experiment: never a reference
+    other = segment_night("other_job", "other-job")  # another job in the same experiment: never a reference
     assert judge("--run", other)[1]["reference_runs"] == []
     segment_night("second")
     code, same = judge()  # the last 7 nights of "nightly": the first one
