@@ -211,6 +211,21 @@ def tracking(tmp_path, monkeypatch):
     return uri
 
 
+def descendants_named(name: str) -> list:
+    """This process's descendants whose command line names `name`: the workers and actors of the Ray
+    it started (`ray::RayTrainWorker`, `ray::MapWorker(MapBatches(LabelStage))`), not another's."""
+    import psutil
+
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(name in part for part in process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
+
+
 class BackgroundTraining:
     """`train(cfg)` in a thread, with waits for the checkpoints it writes (for fault injection)."""
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -48,7 +46,7 @@ def brute_force(pairs, num_classes):
     return iou, correct / total, np.nanmean(acc)
 
 
-def test_predictions_folder_equals_brute_force(tmp_path, capsys, tracking):
+def test_predictions_folder_equals_brute_force(tmp_path, capsys, tracking, run):
     root = tmp_path / "voc"
     write_voc(root, train=2, val=6, seed=3, size=(64, 48), classes=6)
     fs = pafs.LocalFileSystem()
@@ -74,21 +72,20 @@ def test_predictions_folder_equals_brute_force(tmp_path, capsys, tracking):
     assert summary["pixel_accuracy"] == pytest.approx(pixel_accuracy)
     assert summary["mean_accuracy"] == pytest.approx(mean_accuracy)
     assert summary["images"] == len(examples) and set(summary["trimap_miou"]) == {str(w) for w in range(1, 41)}
-    run = MlflowClient().get_run(summary["mlflow_run_id"])
-    assert run.data.metrics["eval_miou"] == pytest.approx(summary["miou"])
-    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation/val")}
+    logged = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert logged.data.metrics["eval_miou"] == pytest.approx(summary["miou"])
+    artifacts = {a.path for a in MlflowClient().list_artifacts(logged.info.run_id, "evaluation/val")}
     assert {"evaluation/val/trimap.png", "evaluation/val/evaluation.json"} <= artifacts
 
     # the size mismatch names the file; a missing prediction names the image
     bad = pred_dir / f"{examples[0].image_id}.png"
     bad.write_bytes(encode_png(np.zeros((10, 12), np.uint8)))
-    argv = [sys.executable, "-m", "pipelines.evaluate", "--dataset", "voc", "--gt-root", str(root), "--pred",
-            str(tmp_path / "pred")]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and f"{bad}: prediction is 12x10 but the ground truth" in proc.stderr, proc.stderr
+    argv = ["--dataset", "voc", "--gt-root", str(root), "--pred", str(tmp_path / "pred")]
+    code, err = run(evaluate.main, argv), capsys.readouterr().err
+    assert code == 2 and f"{bad}: prediction is 12x10 but the ground truth" in err, err
     bad.unlink()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and f"no prediction for {examples[0].image_id}" in proc.stderr, proc.stderr
+    code, err = run(evaluate.main, argv), capsys.readouterr().err
+    assert code == 2 and f"no prediction for {examples[0].image_id}" in err, err
 
 
 def test_cityscapes_label_ids_export_maps_back(tmp_path, capsys, tracking):

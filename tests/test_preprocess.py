@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +14,9 @@ from deeplab_core.data.codec import decode_row
 from deeplab_core.data.labels import cityscapes_to_train_ids
 from deeplab_core.data.synth import write_cityscapes, write_voc
 from pipelines import storage
+from pipelines.preprocess import main as preprocess_main
 from pipelines.preprocess import preprocess
 from tests.conftest import upload_tree
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_rows(out: str) -> list[dict]:
@@ -137,7 +134,7 @@ def test_cityscapes_rows_equal_torchvision_with_train_ids(ray_local, tmp_path):
             assert 255 in our_label and our_label[our_label != 255].max() < 19
 
 
-def test_bad_items_are_recorded_and_the_rest_written(ray_local, tmp_path):
+def test_bad_items_are_recorded_and_the_rest_written(ray_local, run, capsys, tmp_path):
     root = tmp_path / "raw"
     layout = write_voc(root, train=8, val=3, seed=4, size=(64, 48), sbd=True, sbd_extra=3)
     voc = root / "VOCdevkit" / "VOC2012"
@@ -151,11 +148,10 @@ def test_bad_items_are_recorded_and_the_rest_written(ray_local, tmp_path):
     sbd_only = [i for i in layout["sbd_train"] if i not in train and i not in layout["val"]][0]
     (root / "benchmark_RELEASE" / "dataset" / "cls" / f"{sbd_only}.mat").write_bytes(b"MATLAB garbage")
     out = tmp_path / "pq"
-    result = subprocess.run([sys.executable, str(ROOT / "pipelines" / "preprocess.py"), "--dataset", "voc",
-                             "--root", str(root), "--out", str(out), "--shard-size", "4"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    code = run(preprocess_main, ["--dataset", "voc", "--root", str(root), "--out", str(out), "--shard-size", "4"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    summary = json.loads(printed.out.strip().splitlines()[-1])
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     # train[0..4] are bad in both train and train_aug (VOC annotation wins there); the .mat only in train_aug
     assert summary["errors"] == len(errors) == 11
@@ -170,14 +166,11 @@ def test_bad_items_are_recorded_and_the_rest_written(ray_local, tmp_path):
     assert manifest["errors"] == 11 and manifest["splits"]["train"]["examples"] == 3
 
 
-def test_missing_or_misshapen_root_is_one_line_exit_2(tmp_path):
+def test_missing_or_misshapen_root_is_one_line_exit_2(run, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     for root in (tmp_path / "nope", tmp_path / "empty"):
-        result = subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--dataset", "voc", "--root",
-                                 str(root), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                                cwd=ROOT, timeout=120)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
+        assert run(preprocess_main, ["--dataset", "voc", "--root", str(root), "--out", str(tmp_path / "o")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and str(root) in lines[0]
         assert not (tmp_path / "o").exists()
 

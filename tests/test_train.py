@@ -7,7 +7,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -25,7 +24,7 @@ from pipelines.cli import user_error
 from pipelines.train import check_shared_storage, train
 from pipelines.train import main as train_main
 from pipelines.training import NonFiniteLoss
-from tests.conftest import BackgroundTraining, sqlite_store
+from tests.conftest import BackgroundTraining, descendants_named, sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "synthetic_tiny.yaml"
@@ -91,18 +90,6 @@ def test_two_workers_learn_and_mlflow_holds_the_run(dataset, tmp_path):
     assert summary["model_uri"] == f"runs:/{summary['run_id']}/deeplab_model"
 
 
-def _train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True)
-            if any("RayTrainWorker" in part for part in _cmdline(p))]
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:
-        return []
-
-
 @pytest.mark.slow
 def test_a_killed_worker_and_a_restarted_run_resume_from_the_last_checkpoint(dataset, tmp_path):
     """A worker killed mid-run: Ray Train restarts the group from the last checkpoint. The finished
@@ -114,7 +101,7 @@ def test_a_killed_worker_and_a_restarted_run_resume_from_the_last_checkpoint(dat
     training = BackgroundTraining(cfg)
     run_dir = training.wait_for_checkpoint(8).parent
     assert not (run_dir / "checkpoint_00000016").exists()
-    victims = _train_workers()
+    victims = descendants_named("RayTrainWorker")
     assert len(victims) == 2
     victims[-1].kill()  # SIGKILL, as a node or OOM killer would
     result = training.join()
