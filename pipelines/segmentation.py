@@ -36,6 +36,12 @@ from pipelines.segment_io import EMPTY_MASK, elapsed_ms
 EMPTY_SCORES = np.zeros((0, 0, 0), np.float32)
 
 
+def refined_scale(crf: CRFParams | None, size: tuple[int, int], crf_max_pixels: int | None,
+                  tile: int | None) -> float:
+    """The scale the CRF ran at on a frame of `size` (the summary's `crf_scale`); 0 without the CRF."""
+    return crf_scale(size, crf_max_pixels, tile) if crf is not None else 0.0
+
+
 class ModelStage:
     """Actor: the network on a GPU when the actor has one, else on CPU with `threads` threads.
     Images of the same size in a batch go through one forward pass; a frame larger than `tiling`
@@ -125,7 +131,7 @@ class ModelStage:
                     model_ms[i], scale[i], tiles[i] = model_ms_each, image_scale, tile
                     if self.masks:
                         masks[i], confidence[i], entropy[i] = out.labels[k], out.confidence[k], out.entropy[k]
-                        crf_ms[i], crf_scales[i] = crf_ms_each, self._crf_scale(masks[i], tile or None)
+                        crf_ms[i], crf_scales[i] = crf_ms_each, refined_scale(self.crf, masks[i].shape, self.crf_max_pixels, tile or None)
                     else:
                         coarse[i] = out[k]
         common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale, "tile": tiles}
@@ -134,9 +140,6 @@ class ModelStage:
             return {**kept, **common, "mask": masks, "confidence": confidence, "entropy": entropy, "crf_ms": crf_ms,
                     "crf_scale": crf_scales}
         return {**batch, **common, "coarse": coarse}
-
-    def _crf_scale(self, mask: np.ndarray, tile: int | None) -> float:
-        return crf_scale(mask.shape, self.crf_max_pixels, tile) if self.crf is not None else 0.0
 
 
 # The CRF tile for a whole frame that ran out of memory in the CPU CRF stage.
@@ -164,7 +167,7 @@ class LabelStage:
                 if not ran_out_of_memory(e):
                     return None, f"crf: {str(e).splitlines()[0][:300]}", 0.0
                 continue
-            scale = crf_scale(image.shape[:2], self.crf_max_pixels, attempt) if self.crf is not None else 0.0
+            scale = refined_scale(self.crf, image.shape[:2], self.crf_max_pixels, attempt)
             return masks, "", scale
         return None, f"crf: out of memory at {image.shape[0]}×{image.shape[1]}", 0.0
 
