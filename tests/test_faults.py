@@ -75,18 +75,24 @@ def test_an_s3_endpoint_gone_for_good_stops_preprocess_with_one_line_and_no_data
     assert "voc/manifest.json" not in keys, "an incomplete dataset must not look complete"
 
 
-def test_segment_stopped_by_an_s3_outage_then_rerun_gives_one_mask_per_image(raw_voc, model_dir, proxy, s3_client):
+def test_segment_stopped_by_an_s3_outage_then_rerun_gives_one_mask_per_image(raw_voc, model_dir, proxy, s3_client,
+                                                                              ray_local, capsys, tracking):
+    """The run stopped by the outage in a process of its own, whose Ray reaches S3 through the proxy;
+    the rerun here, on this process's Ray, which reaches the endpoint directly."""
+    from pipelines import segment
+
     upload_tree(s3_client, raw_voc / "VOCdevkit" / "VOC2012" / "JPEGImages", "faults-photos", "night")
     s3_client.create_bucket(Bucket="faults-seg")
     # Without the CRF: the outage hits the reading and writing tasks, which are the same either way.
-    args = ["pipelines.segment", "--model", str(model_dir), "--input", "s3://faults-photos/night",
-            "--output", "s3://faults-seg/night", "--commit-every", "4", "--batch-size", "2", "--no-crf"]
+    args = ["--model", str(model_dir), "--input", "s3://faults-photos/night", "--output", "s3://faults-seg/night",
+            "--commit-every", "4", "--batch-size", "2", "--no-crf"]
     proxy.outage_at_request(40, seconds=None)
-    first = cli(args, {"AWS_ENDPOINT_URL": proxy.url, "DEEPLAB_S3_MAX_ATTEMPTS": "4"})
+    first = cli(["pipelines.segment", *args], {"AWS_ENDPOINT_URL": proxy.url, "DEEPLAB_S3_MAX_ATTEMPTS": "4"})
     assert first.returncode == 2, first.stderr[-3000:]
     assert first.stderr.strip().splitlines()[-1].startswith("error: s3://faults-")
     assert proxy.outages == 1
-    rerun = summary(cli(args, {}))  # the endpoint is back
+    assert segment.main(args) == 0  # the endpoint is back
+    rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rerun["errors"] == 0 and rerun["images"] + rerun["skipped"] == 22
     assert rerun["images"] > 0, "the interrupted run cannot have finished every image"
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="faults-seg", Prefix="night/")["Contents"]]

@@ -29,7 +29,7 @@ from deeplab_core.inference import predict_probabilities
 from pipelines import segment
 from pipelines.tracking import setup as tracking_setup
 from pipelines.model_uri import download_model
-from tests.conftest import sqlite_store, upload_tree
+from tests.conftest import upload_tree
 
 BIG_SIDE = 200  # the over-large planted image is 200×200; --max-pixels sits below it
 
@@ -302,7 +302,9 @@ def test_bad_arguments_exit_2_with_one_line(run, capsys, tmp_path, model_dir, im
 
 
 @pytest.mark.slow
-def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, images):
+def test_killed_run_reruns_to_exactly_one_mask_per_image(ray_local, capsys, tmp_path, model_dir, images, tracking):
+    """The run in a process of its own with its own Ray, killed with all of it after its first commit;
+    the rerun here, on this process's Ray."""
     work = tmp_path / "in"
     for k in range(4):  # 32 images
         for source in images.glob("day*/*.jpg"):
@@ -310,10 +312,11 @@ def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, im
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
     out = tmp_path / "out"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path / "mlflow.db"), "RAY_ADDRESS": "local"}
-    argv = [sys.executable, "-m", "pipelines.segment", "--model", str(model_dir), "--input", str(work),
-            "--output", str(out), "--commit-every", "4", "--crf-actors", "1", "--batch-size", "1"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    argv = ["--model", str(model_dir), "--input", str(work), "--output", str(out), "--commit-every", "4",
+            "--crf-actors", "1", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.segment", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": "local"},
+                            start_new_session=True)
     deadline = time.monotonic() + 300
     while not list((out / "_manifest").glob("*.parquet")):
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first commit"
@@ -329,9 +332,8 @@ def test_killed_run_reruns_to_exactly_one_mask_per_image(tmp_path, model_dir, im
     done_before = sum(pq.read_table(p).num_rows for p in (out / "_manifest").glob("*.parquet"))
     assert 0 < done_before < 32
 
-    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    code, summary = run_segment(capsys, *argv)
+    assert code == 0
     assert summary["images"] + summary["skipped"] == 32 and summary["skipped"] >= done_before
     rows = summary_rows(out)
     assert sorted(r["source"] for r in rows) == sorted(str(p) for p in work.rglob("*.jpg"))  # once each
