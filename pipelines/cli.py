@@ -137,11 +137,14 @@ def machines() -> set[str]:
     return {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
 
 
-def fit_actors(wanted: int, reserved: float, name: str) -> int:
+def fit_actors(wanted: int, reserved: float, name: str, batches: int | None = None) -> int:
     """At most as many one-CPU actors as the cluster's CPUs leave after `reserved`, and at least one:
-    an actor pool that takes every CPU starves the tasks that feed it."""
+    an actor pool that takes every CPU starves the tasks that feed it. With `batches` (the blocks the
+    pool will get), no more actors than that: more would start, load their model and idle."""
     import ray
 
+    if batches is not None:
+        wanted = min(wanted, max(1, batches))
     room = max(1, int(ray.cluster_resources().get("CPU", 1) - reserved))
     if wanted > room:
         log(f"{name}: {wanted} actors requested, the cluster has room for {room}; using {room}")

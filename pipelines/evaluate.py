@@ -94,7 +94,7 @@ def evaluate_model(args, crf: dict | None) -> tuple[dict, dict[str, Segmentation
     gpus = int(ray.cluster_resources().get("GPU", 0))
     backend = crf_backend(args.crf_backend, gpus > 0)
     batch = 4
-    actors = fit_actors(min(args.actors, max(1, -(-total // batch))), 1, "evaluate")  # more than batches idle
+    actors = fit_actors(args.actors, 1, "evaluate", batches=-(-total // batch))
     ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"model_dir": model_dir, "crf": crf, "crf_backend": backend},
                         batch_size=batch, num_cpus=1, num_gpus=1 if gpus else 0,
                         # one GPU per actor: as many actors as GPUs at most

@@ -243,9 +243,8 @@ def run_graph(args, todo: list[dict], model_dir: str, spec: dict, crf: dict | No
         batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=args.model_actors),
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else args.model_cpus)
     if not masks_in_model:
-        batches = -(-len(todo) // args.batch_size)  # the blocks the pool gets: more actors would start and idle
-        crf_actors = fit_actors(min(args.crf_actors, batches),
-                                (0 if gpus else args.model_actors * args.model_cpus) + 1, "segment: CRF")
+        crf_actors = fit_actors(args.crf_actors, (0 if gpus else args.model_actors * args.model_cpus) + 1,
+                                "segment: CRF", batches=-(-len(todo) // args.batch_size))
         ds = ds.map_batches(LabelStage, fn_constructor_kwargs={"crf": crf, "keep_image": args.overlays,
                                                                "crf_backend": backend,
                                                                "crf_max_pixels": args.crf_max_pixels},

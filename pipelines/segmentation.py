@@ -131,7 +131,8 @@ class ModelStage:
                     model_ms[i], scale[i], tiles[i] = model_ms_each, image_scale, tile
                     if self.masks:
                         masks[i], confidence[i], entropy[i] = out.labels[k], out.confidence[k], out.entropy[k]
-                        crf_ms[i], crf_scales[i] = crf_ms_each, refined_scale(self.crf, masks[i].shape, self.crf_max_pixels, tile or None)
+                        crf_ms[i] = crf_ms_each
+                        crf_scales[i] = refined_scale(self.crf, masks[i].shape, self.crf_max_pixels, tile or None)
                     else:
                         coarse[i] = out[k]
         common = {"model_ms": model_ms, "status": status, "error": errors, "scale": scale, "tile": tiles}

@@ -120,7 +120,8 @@ def test_ray_up_submit_exec_job_and_down_run_on_the_cluster(head, ray_local):
         assert len(ranks) == 2 and set(ranks) <= nodes, (ranks, nodes)  # both workers on the cluster's node
 
         photos = next((work / "raw").rglob("JPEGImages"))
-        # Without the CRF here and below: the launcher's paths are the subject (the CRF on a cluster: test_end_to_end).
+        # Without the CRF here and below: the launcher's paths are the subject (the CRF on a cluster:
+        # test_end_to_end).
         out = ray("exec", str(config), f"python -m pipelines.segment --model {summary['checkpoint']} "
                                        f"--input {photos} --output {work / 'seg-exec'} --no-crf")
         assert joined.search(out), out[-3000:]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from deeplab_core.checkpoint import load_model
+from deeplab_core.checkpoint import load_model, matching_state, read_state
 from deeplab_core.data.codec import decode_image, decode_label
 from deeplab_core.data.synth import write_voc
 from deeplab_core.inference import predict_probabilities
@@ -48,8 +48,6 @@ def tiny_config(dataset: str, tmp_path: Path, *overrides: str):
 def initial_miou(cfg, dataset: str) -> float:
     """mIoU of the model as every worker builds it before the first step (same seed, then the
     `model.init_from` tensors that match)."""
-    from deeplab_core.checkpoint import matching_state, read_state
-
     torch.manual_seed(cfg.train.seed)
     manifest = load_manifest(dataset)
     model = build_model(cfg.model.name, manifest["num_classes"], **cfg.model.options).eval()
@@ -265,7 +263,6 @@ def saved_model(directory: Path, num_classes: int, seed: int) -> Path:
 def test_init_from_loads_every_matching_tensor(tmp_path):
     """Same class count: everything loaded, the same predictions. Another class count (COCO -> VOC):
     all but the classifier's last layer loaded, that layer fresh."""
-    from deeplab_core.checkpoint import load_model, matching_state, read_state
     from pipelines.training import initial_model
 
     cfg = load_config(str(TINY), ["data.uri=unused"])
