@@ -20,8 +20,8 @@ from infra.local_stack import ARTIFACT_BUCKET, free_port, s3_env, start_mlflow, 
 # Each worker starts its own S3 endpoint, MLflow server and local Ray (RAY_ADDRESS=local: never the
 # cluster another test records on this machine). The tests that start a cluster of their own address
 # it explicitly (the local stack's RAY_ADDRESS, `ray up`'s head in its own RAY_TMPDIR), so they may
-# run beside each other and beside the one that plants a stale record (test_infra, which puts the
-# record back).
+# run beside each other. Only the local stack's `ray start --head` writes the machine's record
+# (test_infra plants its stale one in a RAY_TMPDIR of its own).
 os.environ.setdefault("RAY_ADDRESS", "local")
 # Triton kernels (the CRF's CUDA path) run on CPU tensors under Triton's interpreter, which Triton
 # chooses when a kernel is decorated, its own library's included: set before anything imports it.
