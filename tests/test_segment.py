@@ -266,8 +266,9 @@ def test_out_of_memory_splits_the_group_and_costs_only_the_image_that_does_not_f
 
 
 def test_model_uris_from_mlflow(tmp_path, model_dir, tracking):
-    mlflow.set_experiment(experiment_id=tracking_setup("segment-models"))
-    with mlflow.start_run() as run:
+    # Not mlflow.set_experiment: that stays set in this process, and a later train() here would be
+    # refused to resume its own run of another experiment.
+    with mlflow.start_run(experiment_id=tracking_setup("segment-models")) as run:
         mlflow.log_artifacts(str(model_dir), "deeplab_model")
     client = MlflowClient()
     client.create_registered_model("voc-seg")
