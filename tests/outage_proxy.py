@@ -87,6 +87,10 @@ class OutageProxy:
         """Close the listener and every connection; come back after `seconds` (None: never)."""
         self.outages += not self._stopped
         self._up.clear()
+        try:  # wakes the thread blocked in accept(): after close() alone it would accept one more client
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
