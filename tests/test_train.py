@@ -116,7 +116,6 @@ def test_an_mlflow_outage_a_killed_worker_and_a_restarted_run_lose_no_step(datas
         run_dir = training.wait_for_checkpoint(4).parent
         server.outage(None)  # checkpoint 8 (at least) is reported without the server
         training.wait_for_checkpoint(8)
-        assert not (run_dir / "checkpoint_00000020").exists()
         server.restore()
         # Rank 0 keeps what the server missed until a flush succeeds: a kill before that would lose it.
         client = MlflowClient(mlflow_server)
