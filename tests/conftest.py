@@ -45,14 +45,6 @@ def pytest_configure(config):
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
-def pytest_collection_modifyitems(items):
-    """The modules with slow tests first, each kept whole (its module fixtures are set up once), in
-    their order: pytest-xdist hands tests out in collection order, and when a long test is among the
-    last, one worker finishes early and its core waits for the other's."""
-    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module not in slow_modules)
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """A moto_server S3 endpoint on 127.0.0.1, reached through the standard AWS variables."""

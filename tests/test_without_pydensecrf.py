@@ -11,12 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # three CLIs end to end on a Ray of their own
 
 SCRIPT = textwrap.dedent("""
     import json, sys
