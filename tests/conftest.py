@@ -31,6 +31,12 @@ os.environ["TRITON_INTERPRET"] = "1"
 # every 0.5 s; a test session's few hundred files cost 3.0 CPU-s a minute that way, 1.7 at 0.5 s
 # (measured, 267 files). Read by every Ray node started from here.
 os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+# Ray Train's controller polls its workers every 2 s, so each start, finish and failure of a run waits
+# up to 2 s for the next poll, idle. The tests' runs are seconds long: at 0.25 s test_train, test_coco
+# and test_context_person_part take 140 and 142 s against 153 and 154 s on 2 workers, with no more CPU
+# (266 and 272 busy CPU-s against 272 and 279). A poll not answered in time stays pending, it is no
+# failure (the health-check timeout is another setting, 10 min). Ray Train hands it to every worker.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.hookimpl(tryfirst=True)

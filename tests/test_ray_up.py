@@ -44,7 +44,9 @@ def cluster_config(head: SshHead, ray_port: int, dashboard_port: int) -> dict:
     make, env_file, hook = config["setup_commands"]
     assert make == "make -C ~/deeplab-ray setup" and "> ~/.deeplab-ray.env" in env_file, config["setup_commands"]
     variables = [f'export PATH="{BIN}:$PATH"', f"export RAY_TMPDIR={head.dir / 'ray'}", "export RAY_AUTH_MODE=disabled",
-                 f"export MLFLOW_TRACKING_URI=sqlite:///{head.dir / 'mlflow.db'}"]
+                 f"export MLFLOW_TRACKING_URI=sqlite:///{head.dir / 'mlflow.db'}",
+                 # the tests' Ray Train poll interval (tests/conftest.py) for the run `ray submit` starts there
+                 f"export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S={os.environ['RAY_TRAIN_HEALTH_CHECK_INTERVAL_S']}"]
     config["setup_commands"] = ["test -f ~/deeplab-ray/pyproject.toml",  # the checkout arrived through rsync
                                 f"printf '%s\\n' {' '.join(shlex.quote(v) for v in variables)} > ~/.deeplab-ray.env",
                                 hook]
