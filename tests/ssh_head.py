@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -89,5 +90,9 @@ class SshHead:
                 "ssh_proxy_command": f"nc {LOOPBACK} {self.port}"}
 
     def close(self) -> None:
-        stop(self.proc)  # unshare --kill-child: the namespace's init goes, and every process in it
+        # unshare blocks SIGTERM (util-linux 2.38), so stop() alone would wait out its 15 s before SIGKILL:
+        # the signal goes to its process group, sshd included, the namespace's init. When sshd exits,
+        # every process of the namespace goes, and unshare exits with it.
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
